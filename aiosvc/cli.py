@@ -1,0 +1,339 @@
+"""``python -m aiosvc``: run services, call them, and look after their records.
+
+Exit status: 0 on success; 1 when a service failed to start or stopped by an error,
+or a call failed; 2 for bad usage, a bad setting or a bad import path. Errors are
+one line on stderr (``--log-level DEBUG`` adds the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .exceptions import AiosvcError, ConfigError
+from .loading import load_object
+from .log import setup_logging
+from .manager import Manager
+from .settings import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("aiosvc")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Raised for a command line that cannot work; printed as one line, exit status 2."""
+
+
+def _parse_value(text: str) -> Any:
+    """A ``key=value`` value: JSON where it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{what} must look like name=value, got {item!r}")
+        values[key] = _parse_value(value)
+    return values
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aiosvc",
+        description="Nova-style services for asyncio: run managers, call them, list them.",
+    )
+    parser.add_argument("--version", action="version", version=f"aiosvc {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="a .toml or KEY=VALUE settings file")
+    common.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
+    common.add_argument(
+        "--transport-url", metavar="URL", help="message broker (memory://, amqp://)"
+    )
+    common.add_argument(
+        "--database-url", metavar="URL", help="service store (memory://, postgresql://)"
+    )
+    common.add_argument(
+        "--set",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="any setting, including a manager's own (repeatable)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run one or more managers as services")
+    run.add_argument(
+        "--manager",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="a Manager subclass, pkg.mod:Class (repeat to run several services)",
+    )
+    run.add_argument("--topic", help="the RPC topic (default: the manager's topic)")
+    run.add_argument("--host", help="this host's name (default: the machine's name)")
+    run.add_argument("--binary", help="the service's binary name (default: aiosvc-<topic>)")
+    run.set_defaults(func=_cmd_run)
+
+    for name, helptext in (
+        ("call", "call a method and print its result"),
+        ("cast", "cast a method"),
+    ):
+        cmd = sub.add_parser(name, parents=[common], help=helptext)
+        cmd.add_argument("topic")
+        cmd.add_argument("method")
+        cmd.add_argument(
+            "args", nargs="*", metavar="NAME=VALUE", help="values parse as JSON, else strings"
+        )
+        cmd.add_argument("--server", metavar="HOST", help="send to the service on this host only")
+        cmd.add_argument(
+            "--version", dest="api_version", default="1.0", metavar="V", help="API version"
+        )
+        cmd.add_argument("--namespace", default=None)
+        if name == "call":
+            cmd.add_argument("--timeout", type=float, metavar="S", help="seconds to wait")
+            cmd.add_argument("--json", action="store_true", help="compact JSON output")
+        else:
+            cmd.add_argument(
+                "--fanout", action="store_true", help="cast to every service of the topic"
+            )
+        cmd.set_defaults(func=_cmd_call if name == "call" else _cmd_cast)
+
+    services = sub.add_parser("services", help="list services and change their admin state")
+    ssub = services.add_subparsers(dest="action", metavar="ACTION", required=True)
+    slist = ssub.add_parser("list", parents=[common], help="like nova service-list")
+    slist.add_argument("--topic")
+    slist.add_argument("--host")
+    slist.add_argument("--binary")
+    slist.add_argument("--json", action="store_true")
+    slist.set_defaults(func=_cmd_services_list)
+    for action, helptext in (
+        ("disable", "stop a service taking work from its shared queue"),
+        ("enable", "let a disabled service take work again"),
+        ("force-down", "mark a service down at once (fencing)"),
+        ("delete", "delete a service's record"),
+    ):
+        cmd = ssub.add_parser(action, parents=[common], help=helptext)
+        cmd.add_argument("host")
+        cmd.add_argument("binary")
+        if action == "disable":
+            cmd.add_argument("--reason")
+        if action == "force-down":
+            cmd.add_argument("--unset", action="store_true", help="clear forced_down")
+        cmd.set_defaults(func=_cmd_services_action, action=action)
+
+    db = sub.add_parser("db", help="the service store's schema")
+    dsub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, helptext in (
+        ("upgrade", "apply pending migrations"),
+        ("version", "print the schema version"),
+    ):
+        cmd = dsub.add_parser(action, parents=[common], help=helptext)
+        cmd.set_defaults(func=_cmd_db, action=action)
+    return parser
+
+
+def _load_settings(args: argparse.Namespace, settings_cls: type[Settings] = Settings) -> Settings:
+    overrides = _pairs(args.overrides, "--set")
+    for flag in ("log_level", "transport_url", "database_url"):
+        if getattr(args, flag, None) is not None:
+            overrides[flag] = getattr(args, flag)
+    if getattr(args, "host", None) and args.command == "run":
+        overrides["host"] = args.host
+    unknown = set(overrides) - set(settings_cls.model_fields)
+    if unknown and settings_cls is not Settings:
+        raise ConfigError(
+            f"unknown setting(s) for {settings_cls.__name__}: {', '.join(sorted(unknown))}"
+        )
+    if unknown:
+        overrides = {k: v for k, v in overrides.items() if k not in unknown}
+    return settings_cls.load(args.config, **overrides)
+
+
+# -- run
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .launcher import launch
+    from .service import Service
+
+    if args.topic and len(args.manager) > 1:
+        raise UsageError("--topic can only be given with a single --manager")
+    classes: list[type[Manager]] = [load_object(path, Manager) for path in args.manager]
+    known = set(Settings.model_fields).union(*(c.settings_class.model_fields for c in classes))
+    unknown = set(_pairs(args.overrides, "--set")) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    base = _load_settings(args)
+    setup_logging(base.log_level)
+    services = []
+    for cls in classes:
+        settings = _load_settings(args, cls.settings_class)
+        services.append(
+            Service.create(
+                cls, topic=args.topic, host=args.host, binary=args.binary, settings=settings
+            )
+        )
+    return asyncio.run(launch(*services))
+
+
+# -- call / cast
+
+
+async def _with_client(args: argparse.Namespace, send: Callable[[Any], Awaitable[Any]]) -> Any:
+    from .rpc.client import RPCClient
+    from .transport import connect
+
+    settings = _load_settings(args)
+    if settings.transport_url.startswith("memory:"):
+        raise UsageError(
+            "call and cast need a message broker shared with the services: "
+            "set AIOSVC_TRANSPORT_URL (or --transport-url) to amqp://..."
+        )
+    async with connect(settings) as transport:
+        client = RPCClient(
+            transport,
+            args.topic,
+            version=args.api_version,
+            timeout=getattr(args, "timeout", None),
+            namespace=args.namespace,
+            server=args.server,
+            fanout=getattr(args, "fanout", False),
+        )
+        return await send(client)
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    kwargs = _pairs(args.args, "an argument")
+    result = asyncio.run(_with_client(args, lambda c: c.call(None, args.method, **kwargs)))
+    print(json.dumps(result, separators=(",", ":")) if args.json else json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _cmd_cast(args: argparse.Namespace) -> int:
+    kwargs = _pairs(args.args, "an argument")
+    asyncio.run(_with_client(args, lambda c: c.cast(None, args.method, **kwargs)))
+    return EXIT_OK
+
+
+# -- services / db
+
+
+def _cmd_services_list(args: argparse.Namespace) -> int:
+    from .store import get_store
+
+    async def fetch() -> list[Any]:
+        async with get_store(_load_settings(args)) as store:
+            return await store.list(topic=args.topic, host=args.host, binary=args.binary)
+
+    records = asyncio.run(fetch())
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return EXIT_OK
+    columns = ("Id", "Binary", "Host", "Topic", "Status", "State", "Updated At", "Disabled Reason")
+    rows = [
+        (
+            str(r.id),
+            r.binary,
+            r.host,
+            r.topic,
+            r.status,
+            r.state + (" (forced)" if r.forced_down else ""),
+            (r.last_seen_up or r.updated_at or r.created_at).isoformat(timespec="seconds"),
+            r.disabled_reason or "-",
+        )
+        for r in records
+    ]
+    print(_table(columns, rows))
+    return EXIT_OK
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [
+        max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
+    ]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([rule, line(columns), rule, *(line(r) for r in rows), rule])
+
+
+def _cmd_services_action(args: argparse.Namespace) -> int:
+    from .store import get_store
+
+    async def act() -> str:
+        async with get_store(_load_settings(args)) as store:
+            if args.action == "delete":
+                await store.delete(args.host, args.binary)
+                return f"deleted {args.binary} on {args.host}"
+            if args.action == "disable":
+                r = await store.update(
+                    args.host, args.binary, disabled=True, disabled_reason=args.reason
+                )
+            elif args.action == "enable":
+                r = await store.update(args.host, args.binary, disabled=False)
+            else:
+                r = await store.update(args.host, args.binary, forced_down=not args.unset)
+            return f"{r.binary} on {r.host}: {r.status}, {r.state}" + (
+                " (forced down)" if r.forced_down else ""
+            )
+
+    print(asyncio.run(act()))
+    return EXIT_OK
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    settings = _load_settings(args)
+    if not settings.database_url.startswith(("postgresql:", "postgres:")):
+        raise UsageError("db commands need a PostgreSQL database_url (AIOSVC_DATABASE_URL)")
+    from .store import postgres
+
+    if args.action == "upgrade":
+        applied = asyncio.run(postgres.upgrade(settings.database_url))
+        print(f"applied migrations {applied}" if applied else "already up to date")
+        print(f"schema version {postgres.latest_version()}")
+    else:
+        current = asyncio.run(postgres.current_version(settings.database_url))
+        print(f"schema version {current} (latest {postgres.latest_version()})")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line's entry point; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    debug = (args.log_level or "").upper() == "DEBUG"
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except (UsageError, ConfigError) as exc:
+        _error(exc, debug)
+        return EXIT_USAGE
+    except (AiosvcError, OSError) as exc:
+        _error(exc, debug)
+        return EXIT_FAILURE
+
+
+def _error(exc: BaseException, debug: bool) -> None:
+    if debug:
+        logging.getLogger("aiosvc").error("failed", exc_info=exc)
+    name = type(exc).__name__
+    print(f"aiosvc: error: {name}: {exc}", file=sys.stderr)

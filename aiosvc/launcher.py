@@ -1,0 +1,155 @@
+"""Run services until a signal says stop.
+
+* SIGTERM or SIGINT: stop every service gracefully (each drains within its
+  ``graceful_shutdown_timeout``); a second SIGINT (or SIGTERM) forces: the stops are
+  cancelled, unfinished messages go back to their queues, and the exit status is 1.
+* SIGHUP: call ``reset()`` on every service's manager (Nova's ``mutate`` restart).
+* A service that stops by itself because of an error stops the others too.
+
+Nova: ``oslo_service`` ``ServiceLauncher`` (``launch``, ``wait``, the signal handlers).
+Unlike oslo, SIGINT is graceful the first time: people press Ctrl-C in a terminal and
+expect in-flight work to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .service import Service
+
+__all__ = ["launch"]
+
+log = logging.getLogger(__name__)
+
+
+async def launch(*services: Service, handle_signals: bool = True) -> int:
+    """Start ``services``, run until SIGTERM/SIGINT, stop them; return an exit status.
+
+    Returns:
+        0 after a clean stop; 1 when a service failed or the stop was forced.
+
+    Raises:
+        Exception: a service failed to start (the services already started were
+            stopped first).
+    """
+    if not services:
+        raise ValueError("launch() needs at least one service")
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    forced = asyncio.Event()
+    resets: set[asyncio.Task[None]] = set()
+
+    def on_stop(signame: str) -> None:
+        if stop_requested.is_set():
+            log.warning("Caught %s again: forcing the stop", signame)
+            forced.set()
+        else:
+            log.info("Caught %s: stopping gracefully (send it again to force)", signame)
+            stop_requested.set()
+
+    def on_hup() -> None:
+        log.info("Caught SIGHUP: resetting %d service(s)", len(services))
+        for service in services:
+            task = loop.create_task(_reset(service))
+            resets.add(task)
+            task.add_done_callback(resets.discard)
+
+    with _signals(loop, handle_signals, on_stop, on_hup):
+        started: list[Service] = []
+        try:
+            for service in services:
+                await service.start()
+                started.append(service)
+        except BaseException:
+            await _stop_all(started, forced)
+            raise
+        failed = await _run_until_stopped(started, stop_requested)
+        ok = await _stop_all(started, forced)
+    return 0 if ok and not failed and not forced.is_set() else 1
+
+
+async def _run_until_stopped(services: list[Service], stop_requested: asyncio.Event) -> bool:
+    """Wait for a stop request or a service ending by itself; True if one failed."""
+    waits: dict[asyncio.Future[Any], Service] = {
+        asyncio.ensure_future(s.wait()): s for s in services
+    }
+    stop: asyncio.Future[Any] = asyncio.ensure_future(stop_requested.wait())
+    try:
+        done, _ = await asyncio.wait([*waits, stop], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        for fut in waits:
+            fut.cancel()
+    failed = False
+    for fut in done:
+        if fut in waits and not fut.cancelled() and fut.exception() is not None:
+            failed = True
+            log.error("%s failed: %s", waits[fut].binary, fut.exception())
+        elif fut in waits:
+            log.warning("%s stopped by itself; stopping the others", waits[fut].binary)
+    return failed
+
+
+async def _stop_all(services: list[Service], forced: asyncio.Event) -> bool:
+    """Stop every service at once; True if all stopped cleanly and in time."""
+    if not services:
+        return True
+    stops: asyncio.Future[list[bool]] = asyncio.gather(*(_stop(s) for s in services))
+    force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
+    try:
+        await asyncio.wait([stops, force], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        force.cancel()
+    if not stops.done():
+        stops.cancel()
+        for service in services:
+            service.abort()
+        with contextlib.suppress(BaseException):
+            await stops
+        for service in services:
+            with contextlib.suppress(BaseException):
+                await service.wait()
+        return False
+    return all(stops.result())
+
+
+async def _stop(service: Service) -> bool:
+    try:
+        await service.stop()
+    except Exception as exc:
+        log.error("%s stopped with an error: %s", service.binary, exc)
+        return False
+    return True
+
+
+async def _reset(service: Service) -> None:
+    try:
+        await service.reset()
+    except Exception:
+        log.exception("Error while resetting %s", service.binary)
+
+
+@contextlib.contextmanager
+def _signals(
+    loop: asyncio.AbstractEventLoop,
+    enabled: bool,
+    on_stop: Callable[[str], None],
+    on_hup: Callable[[], None],
+) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    installed = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,93 @@
+"""Load a class or object named by an import path: how managers and drivers are chosen.
+
+Nova: ``oslo_utils.importutils.import_class`` (``pkg.mod.Name``); manila's docs call the
+same thing ``utils.load_object``. aiosvc also accepts ``pkg.mod:Name`` (the entry-point
+form), which is unambiguous for nested names (``pkg.mod:Outer.Inner``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any, TypeVar, overload
+
+from .exceptions import LoadError
+
+__all__ = ["load_object"]
+
+T = TypeVar("T")
+
+_IDENT = r"[A-Za-z_]\w*"
+_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*(:{_IDENT}(\.{_IDENT})*)?$")
+
+
+@overload
+def load_object(path: str) -> Any: ...
+@overload
+def load_object(path: str, kind: type[T]) -> type[T]: ...
+
+
+def load_object(path: str, kind: type[Any] | None = None) -> Any:
+    """Import and return the object ``path`` names.
+
+    Args:
+        path: ``"pkg.mod:Name"`` or ``"pkg.mod.Name"``.
+        kind: when given, the object must be this class or a subclass of it
+            (nova checks a driver against its ABC the same way).
+
+    Raises:
+        LoadError: the path is malformed; the module was not found; the module
+            failed to import (the original error is chained); the module has no
+            such attribute; or the object is not a subclass of ``kind``.
+    """
+    if not isinstance(path, str) or not _PATH.match(path.strip()):
+        raise LoadError(
+            f"invalid import path {path!r}: expected 'pkg.module:Name' or 'pkg.module.Name'"
+        )
+    path = path.strip()
+    if ":" in path:
+        module_name, _, attr_path = path.partition(":")
+    else:
+        module_name, _, attr_path = path.rpartition(".")
+        if not module_name:
+            raise LoadError(
+                f"invalid import path {path!r}: expected 'pkg.module:Name' or 'pkg.module.Name'"
+            )
+    module = _import(module_name, path)
+    obj: Any = module
+    for depth, attr in enumerate(attr_path.split(".")):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            owner = (
+                module_name
+                if depth == 0
+                else f"{module_name}:{'.'.join(attr_path.split('.')[:depth])}"
+            )
+            raise LoadError(f"cannot load {path!r}: {owner!r} has no attribute {attr!r}") from None
+    if kind is not None and not (isinstance(obj, type) and issubclass(obj, kind)):
+        raise LoadError(f"cannot load {path!r}: {obj!r} is not a subclass of {kind.__qualname__}")
+    return obj
+
+
+def _import(module_name: str, path: str) -> Any:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Tell "the module you named does not exist" apart from "it exists but one
+        # of its own imports is missing": the second is a bug in that module.
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            detail = "" if missing == module_name else f" (no module named {missing!r})"
+            raise LoadError(
+                f"cannot load {path!r}: module {module_name!r} not found{detail}"
+            ) from None
+        raise LoadError(
+            f"cannot load {path!r}: module {module_name!r} failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise LoadError(
+            f"cannot load {path!r}: module {module_name!r} failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc

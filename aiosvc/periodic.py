@@ -1,0 +1,327 @@
+"""``@periodic_task`` and the runner of periodic tasks.
+
+The decorator only attaches a :class:`PeriodicSpec`; the method is returned unchanged, so
+a unit test can still ``await manager.task(ctx)``.
+
+Scheduling rules (DESIGN section 3, oslo.service then better):
+
+* ``spacing`` in seconds; 0 (the default) means ``settings.periodic_interval``; a negative
+  spacing or ``enabled=False`` turns the task off.
+* The first run is immediate only with ``run_immediately=True``; otherwise it comes one
+  spacing after the service starts, plus a random ``0..periodic_fuzzy_delay`` so a fleet
+  restarted at once does not stampede.
+* Drift-free: each run is scheduled at the previous *scheduled* start plus ``spacing``, so
+  the time a run takes never shifts the phase. A run that overruns its slot skips the slots
+  it missed (logged) and never bursts to catch up.
+* Runs of one task never overlap; different tasks run concurrently, each a task of its own.
+* An exception is logged with its traceback and the task keeps its schedule.
+* Sync (``def``) tasks run in a worker thread, so they never block the event loop.
+
+Time comes from a :class:`Clock`, so tests drive schedules with a fake one
+(:class:`aiosvc.testing.FakeClock`) instead of sleeping.
+
+Nova: ``oslo_service.periodic_task`` and the dynamic looping call in ``nova.service``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, overload
+
+import anyio
+import anyio.to_thread
+
+from .context import Context, use_context
+from .settings import Settings
+
+__all__ = [
+    "Clock",
+    "MonotonicClock",
+    "PeriodicRunner",
+    "PeriodicSpec",
+    "PeriodicTask",
+    "collect_periodic_specs",
+    "periodic_task",
+]
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SPEC_ATTR = "__aiosvc_periodic__"
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicSpec:
+    """What ``@periodic_task`` attached to a method."""
+
+    spacing: float = 0
+    run_immediately: bool = False
+    name: str | None = None
+    enabled: bool = True
+
+
+@overload
+def periodic_task(func: F, /) -> F: ...
+@overload
+def periodic_task(
+    *,
+    spacing: float = 0,
+    run_immediately: bool = False,
+    name: str | None = None,
+    enabled: bool = True,
+) -> Callable[[F], F]: ...
+
+
+def periodic_task(
+    func: F | None = None,
+    /,
+    *,
+    spacing: float = 0,
+    run_immediately: bool = False,
+    name: str | None = None,
+    enabled: bool = True,
+) -> F | Callable[[F], F]:
+    """Mark a manager method as a periodic task: bare, or with options.
+
+    ``@periodic_task`` runs every ``periodic_interval`` seconds;
+    ``@periodic_task(spacing=N, run_immediately=True)`` every ``N`` seconds from start.
+    The method takes ``(self, ctx)`` and may be ``async def`` or ``def``.
+
+    Args:
+        spacing: seconds between runs; 0 means ``periodic_interval``, negative disables.
+        run_immediately: first run at service start instead of one spacing later.
+        name: the name in logs and in ``periodic_tasks()``; defaults to the method's.
+        enabled: ``False`` turns the task off (e.g. from a module-level flag).
+
+    Raises:
+        TypeError: an option has the wrong type.
+    """
+    if isinstance(spacing, bool) or not isinstance(spacing, int | float) or math.isnan(spacing):
+        raise TypeError(f"periodic_task spacing must be a number of seconds, got {spacing!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"periodic_task name must be a non-empty string, got {name!r}")
+    spec = PeriodicSpec(float(spacing), bool(run_immediately), name, bool(enabled))
+
+    def decorate(f: F) -> F:
+        if not callable(f):
+            raise TypeError(f"@periodic_task decorates a method, got {f!r}")
+        setattr(f, SPEC_ATTR, spec)
+        return f
+
+    return decorate(func) if func is not None else decorate
+
+
+def collect_periodic_specs(cls: type) -> dict[str, PeriodicSpec]:
+    """The periodic tasks of ``cls`` by attribute name, parents' first.
+
+    A subclass inherits its parents' tasks. Overriding the method keeps the task and
+    its schedule (the override runs); decorating the override again changes the schedule,
+    and ``@periodic_task(enabled=False)`` turns it off.
+    """
+    specs: dict[str, PeriodicSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            spec = getattr(value, SPEC_ATTR, None)
+            if isinstance(spec, PeriodicSpec):
+                specs[attr] = spec
+    return specs
+
+
+class Clock(Protocol):
+    """Where the periodic runner reads the time and waits; inject a fake one in tests."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return once ``now() >= deadline``."""
+        ...
+
+
+class MonotonicClock:
+    """The event loop's monotonic clock."""
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+
+
+@dataclass(eq=False)
+class PeriodicTask:
+    """One task bound to its manager, with its schedule and counters."""
+
+    name: str
+    spacing: float
+    run_immediately: bool
+    func: Callable[[Context], Any]
+    next_run: float | None = None
+    runs: int = 0
+    failures: int = 0
+    missed: int = 0
+    last_duration: float | None = None
+    running: bool = False
+    _lock: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
+
+    def schedule_first(self, now: float, fuzzy_delay: float = 0.0) -> None:
+        """Set the first run: now, or one spacing (plus up to ``fuzzy_delay``) from now."""
+        if self.run_immediately:
+            self.next_run = now
+        else:
+            self.next_run = now + self.spacing + random.uniform(0, fuzzy_delay)
+
+    def advance(self, now: float) -> int:
+        """Move to the next slot after a run; return how many slots were skipped."""
+        assert self.next_run is not None
+        nxt = self.next_run + self.spacing
+        skipped = 0
+        if now > nxt:
+            skipped = math.ceil((now - nxt) / self.spacing)
+            nxt += skipped * self.spacing
+        self.next_run = nxt
+        self.missed += skipped
+        return skipped
+
+    async def run_once(self, clock: Clock, *, raise_on_error: bool = False) -> bool:
+        """Run the task now, never alongside another run of itself; True if it succeeded."""
+        async with self._lock:
+            self.running = True
+            started = clock.now()
+            ctx = Context.admin()
+            try:
+                with use_context(ctx):
+                    log.debug("Running periodic task %s", self.name)
+                    result = self.func(ctx)
+                    if inspect.isawaitable(result):
+                        await result
+                self.runs += 1
+                return True
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:
+                self.runs += 1
+                self.failures += 1
+                if raise_on_error:
+                    raise
+                with use_context(ctx):
+                    log.exception("Error during periodic task %s", self.name)
+                return False
+            finally:
+                self.last_duration = clock.now() - started
+                self.running = False
+
+
+class PeriodicRunner:
+    """Runs the periodic tasks of one manager.
+
+    Args:
+        owner: the manager whose decorated methods are the tasks.
+        settings: gives ``periodic_interval`` (spacing 0) and ``periodic_fuzzy_delay``.
+        clock: time source; the event loop's monotonic clock by default.
+    """
+
+    def __init__(self, owner: object, settings: Settings, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
+        self.settings = settings
+        self.tasks: list[PeriodicTask] = []
+        owner_name = type(owner).__name__
+        for attr, spec in collect_periodic_specs(type(owner)).items():
+            name = f"{owner_name}.{spec.name or attr}"
+            if not spec.enabled:
+                log.info("Skipping periodic task %s because it is disabled", name)
+                continue
+            if spec.spacing < 0:
+                log.info("Skipping periodic task %s because its interval is negative", name)
+                continue
+            if any(t.name == name for t in self.tasks):
+                raise TypeError(f"two periodic tasks of {owner_name} are named {name!r}")
+            self.tasks.append(
+                PeriodicTask(
+                    name=name,
+                    spacing=spec.spacing or settings.periodic_interval,
+                    run_immediately=spec.run_immediately,
+                    func=_as_async(getattr(owner, attr)),
+                )
+            )
+        self._stopping = False
+        self._sleep_scopes: dict[PeriodicTask, anyio.CancelScope] = {}
+
+    def _schedule(self, fuzzy_delay: float) -> None:
+        now = self.clock.now()
+        for task in self.tasks:
+            if task.next_run is None:
+                task.schedule_first(now, fuzzy_delay)
+
+    async def run_due(self, *, raise_on_error: bool = False) -> float:
+        """Run every task that is due, once each, in order; seconds until the next is due.
+
+        Nova: ``Manager.periodic_tasks`` / ``run_periodic_tasks`` (the returned value
+        is oslo's ``idle_for``). Without tasks it returns ``periodic_interval``.
+        """
+        self._schedule(fuzzy_delay=0.0)
+        for task in self.tasks:
+            assert task.next_run is not None
+            if task.next_run <= self.clock.now():
+                await task.run_once(self.clock, raise_on_error=raise_on_error)
+                self._note_skips(task, task.advance(self.clock.now()))
+        if not self.tasks:
+            return self.settings.periodic_interval
+        now = self.clock.now()
+        return max(0.0, min(t.next_run or now for t in self.tasks) - now)
+
+    async def run(self, *, fuzzy: bool = True) -> None:
+        """Run every task on its own schedule until :meth:`stop` (or cancellation)."""
+        self._schedule(self.settings.periodic_fuzzy_delay if fuzzy else 0.0)
+        async with anyio.create_task_group() as tg:
+            for task in self.tasks:
+                tg.start_soon(self._loop, task, name=f"periodic {task.name}")
+
+    async def _loop(self, task: PeriodicTask) -> None:
+        while not self._stopping:
+            assert task.next_run is not None
+            with anyio.CancelScope() as scope:
+                self._sleep_scopes[task] = scope
+                await self.clock.sleep_until(task.next_run)
+            self._sleep_scopes.pop(task, None)
+            if self._stopping:
+                return
+            await task.run_once(self.clock)
+            self._note_skips(task, task.advance(self.clock.now()))
+
+    def stop(self) -> None:
+        """Start no new runs; tasks sleeping until their next run end now.
+
+        Runs in progress finish; :meth:`run` returns when they have.
+        """
+        self._stopping = True
+        for scope in list(self._sleep_scopes.values()):
+            scope.cancel()
+
+    @staticmethod
+    def _note_skips(task: PeriodicTask, skipped: int) -> None:
+        if skipped:
+            log.warning(
+                "Periodic task %s skipped %d run(s): its run took %.3fs, its spacing is %.3fs",
+                task.name,
+                skipped,
+                task.last_duration or 0.0,
+                task.spacing,
+            )
+
+
+def _as_async(method: Callable[[Context], Any]) -> Callable[[Context], Any]:
+    if inspect.iscoroutinefunction(method):
+        return method
+
+    async def in_thread(ctx: Context) -> Any:
+        return await anyio.to_thread.run_sync(method, ctx)
+
+    return in_thread

@@ -1,0 +1,1 @@
+"""Remote procedure calls: the wire protocol, the dispatcher, the client and the server."""

@@ -1,0 +1,250 @@
+"""The wire format of aiosvc RPC: pure functions, no I/O.
+
+A request body is one JSON object::
+
+    {"aiosvc": 1, "method": "create_volume", "args": {"volume_id": "v1", "size_gb": 1},
+     "version": "1.1", "namespace": null, "context": {"request_id": "req-...", ...}}
+
+and a reply is ``{"result": ...}`` or ``{"failure": {"type": "pkg.mod.Class",
+"message": "...", "args": [...], "traceback": [...]}}``.
+
+Values are JSON: besides JSON's own types, pydantic models, dataclasses, datetimes,
+UUIDs, enums, sets and tuples are encoded as JSON, and bytes as base64 strings. Never
+pickle: a message can never make the receiver run code.
+
+Nova: oslo.messaging's ``{'oslo.version': '2.0', 'oslo.message': ...}`` envelope, the
+``_context_*`` fields, and ``_drivers/common.py`` ``serialize_remote_exception``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+from .. import exceptions
+from ..context import Context
+from ..exceptions import MalformedMessage, RemoteError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Request",
+    "decode_reply",
+    "decode_request",
+    "dumps",
+    "encode_failure",
+    "encode_request",
+    "encode_result",
+    "parse_version",
+    "rebuild_exception",
+    "version_is_compatible",
+]
+
+PROTOCOL_VERSION = 1
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as JSON bytes (bytes values as base64).
+
+    Raises:
+        TypeError: some part of ``value`` has no JSON form.
+    """
+    try:
+        return pydantic_core.to_json(value, bytes_mode="base64")
+    except pydantic_core.PydanticSerializationError as exc:
+        raise TypeError(f"not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request."""
+
+    method: str
+    args: dict[str, Any]
+    context: Context
+    version: str
+    namespace: str | None
+
+
+def encode_request(
+    ctx: Context, method: str, args: dict[str, Any], version: str, namespace: str | None
+) -> bytes:
+    """The body of a request.
+
+    Raises:
+        TypeError: an argument has no JSON form (the message names it).
+    """
+    try:
+        return dumps(
+            {
+                "aiosvc": PROTOCOL_VERSION,
+                "method": method,
+                "args": args,
+                "version": version,
+                "namespace": namespace,
+                "context": ctx.to_dict(),
+            }
+        )
+    except TypeError:
+        for name, value in args.items():
+            try:
+                dumps(value)
+            except TypeError as exc:
+                raise TypeError(f"argument {name!r} of {method}(): {exc}") from None
+        raise
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse a request body.
+
+    Raises:
+        MalformedMessage: not JSON, not an object, or a field is missing or has the
+            wrong type; the message says which.
+    """
+    data = _loads(body)
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"request must be a JSON object, got {type(data).__name__}")
+    if data.get("aiosvc") != PROTOCOL_VERSION:
+        raise MalformedMessage(f"unsupported envelope version {data.get('aiosvc')!r}")
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise MalformedMessage("request field 'method' must be a non-empty string")
+    args = data.get("args", {})
+    if not isinstance(args, dict):
+        raise MalformedMessage("request field 'args' must be an object")
+    version = data.get("version") or "1.0"
+    if not isinstance(version, str):
+        raise MalformedMessage("request field 'version' must be a string")
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        raise MalformedMessage(str(exc)) from None
+    namespace = data.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise MalformedMessage("request field 'namespace' must be a string or null")
+    return Request(method, args, Context.from_dict(data.get("context")), version, namespace)
+
+
+def encode_result(result: Any) -> bytes:
+    """The body of a successful reply.
+
+    Raises:
+        TypeError: the result has no JSON form.
+    """
+    return b'{"result":' + dumps(result) + b"}"
+
+
+def encode_failure(exc: BaseException) -> bytes:
+    """The body of a failed reply, from the exception the method raised."""
+    cls = type(exc)
+    try:
+        args: Any = pydantic_core.to_json(list(exc.args))
+        args = pydantic_core.from_json(args)
+    except (pydantic_core.PydanticSerializationError, ValueError):
+        args = [str(exc)]
+    return dumps(
+        {
+            "failure": {
+                "type": f"{cls.__module__}.{cls.__qualname__}",
+                "message": str(exc),
+                "args": args,
+                "traceback": traceback.format_exception(exc),
+            }
+        }
+    )
+
+
+def decode_reply(body: bytes) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, failure)`` from a reply body.
+
+    Raises:
+        MalformedMessage: not a reply.
+    """
+    data = _loads(body)
+    if isinstance(data, dict):
+        if "result" in data:
+            return True, data["result"]
+        failure = data.get("failure")
+        if isinstance(failure, dict) and isinstance(failure.get("type"), str):
+            return False, failure
+    raise MalformedMessage("reply must be an object with 'result' or 'failure'")
+
+
+def rebuild_exception(failure: dict[str, Any], allowed: Iterable[str] = ()) -> BaseException:
+    """The exception to raise at the caller for a remote failure.
+
+    aiosvc's own errors (``NoSuchMethod``, ``InvalidArguments``, ...) come back as
+    themselves. A class whose module or full name is in ``allowed`` comes back as itself,
+    built from the remote ``args`` (or the message), with ``remote_traceback`` set. Every
+    other failure is a :class:`RemoteError`.
+    """
+    type_name: str = failure["type"]
+    message = str(failure.get("message", ""))
+    remote_tb = [str(line) for line in failure.get("traceback") or ()]
+    module, _, qualname = type_name.rpartition(".")
+    if (
+        module == exceptions.__name__
+        and qualname in exceptions.__all__
+        and qualname != "RemoteError"
+    ):
+        exc: BaseException = getattr(exceptions, qualname)(message)
+    elif module and (module in allowed or type_name in allowed):
+        exc = _rebuild_allowed(module, qualname, failure.get("args"), message) or RemoteError(
+            type_name, message, remote_tb
+        )
+    else:
+        return RemoteError(type_name, message, remote_tb)
+    exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
+    return exc
+
+
+def _rebuild_allowed(module: str, qualname: str, args: Any, message: str) -> BaseException | None:
+    try:
+        cls: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        return None
+    try:
+        return cls(*args) if isinstance(args, list) else cls(message)
+    except Exception:
+        try:
+            return cls(message)
+        except Exception:
+            return None
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """``"1.2"`` or ``"1.2.3"`` as a tuple.
+
+    Raises:
+        ValueError: not of that form.
+    """
+    parts = version.split(".")
+    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"invalid API version {version!r}: expected 'X.Y' or 'X.Y.Z'")
+    major, minor, *rest = (int(p) for p in parts)
+    return major, minor, rest[0] if rest else 0
+
+
+def version_is_compatible(implemented: str, requested: str) -> bool:
+    """True when a server implementing ``implemented`` can serve ``requested``.
+
+    Same major version, and the requested minor (then revision) not above the server's.
+    Nova: ``oslo_messaging._utils.version_is_compatible``.
+    """
+    imp, req = parse_version(implemented), parse_version(requested)
+    return imp[0] == req[0] and req[1:] <= imp[1:]
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise MalformedMessage(f"not valid JSON: {exc}") from None

@@ -1,0 +1,164 @@
+"""The RPC server: a dispatcher bound to a service's consumers.
+
+Each delivered message is handled in a task of the server's own task group, up to
+``rpc_max_concurrency`` at once (the transport's prefetch). A message is acknowledged
+only after its handler finished and the reply (for a call) was sent: at least once.
+A handler's exception goes back to the caller and the message is acknowledged, never
+requeued in a loop. A malformed message is logged and dead-lettered.
+
+Graceful stop: stop consuming, let handlers in flight finish within the timeout, cancel
+the rest and close the consumer, so the broker redelivers what did not finish.
+
+Nova: ``oslo_messaging.rpc.server`` (stop, then wait) and nova's graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ..context import use_context
+from ..exceptions import InvalidArguments, MalformedMessage, NoSuchMethod, UnsupportedVersion
+from ..log import current_service
+from ..settings import Settings
+from ..transport.base import Consumer, IncomingMessage, Transport
+from .dispatcher import Dispatcher
+from .protocol import decode_request, encode_failure, encode_result
+
+__all__ = ["RPCServer"]
+
+log = logging.getLogger(__name__)
+
+_REFUSALS = (InvalidArguments, NoSuchMethod, UnsupportedVersion)
+
+
+class RPCServer:
+    """Serves one dispatcher on ``topic`` (shared), ``topic.host`` and the topic's fanout."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        dispatcher: Dispatcher,
+        topic: str,
+        host: str,
+        settings: Settings,
+    ) -> None:
+        self.transport = transport
+        self.dispatcher = dispatcher
+        self.topic = topic
+        self.host = host
+        self.settings = settings
+        self.consumer: Consumer | None = None
+        self.in_flight = 0
+        self.handled = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._tg: TaskGroup | None = None
+        self._done = anyio.Event()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Consume until :meth:`stop`; ``task_status.started()`` once queues are bound."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            self.consumer = await self.transport.consume(
+                self.topic, self.host, self._on_message, prefetch=self.settings.rpc_max_concurrency
+            )
+            task_status.started()
+            await self._done.wait()
+        self._tg = None
+
+    def _on_message(self, message: IncomingMessage) -> None:
+        if self._tg is None:  # delivered while shutting down: the broker will redeliver
+            return
+        self.in_flight += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._tg.start_soon(self._handle, message, name=f"rpc {message.message_id}")
+
+    async def _handle(self, message: IncomingMessage) -> None:
+        # The transport's delivery task is not ours: name the service for log lines.
+        current_service.set(f"{self.topic}@{self.host}")
+        try:
+            try:
+                request = decode_request(message.body)
+            except MalformedMessage as exc:
+                log.error(
+                    "Dead-lettering malformed message %s on topic %s: %s",
+                    message.message_id,
+                    self.topic,
+                    exc,
+                )
+                await message.reject()
+                return
+            with use_context(request.context):
+                try:
+                    reply = encode_result(await self.dispatcher.dispatch(request))
+                except _REFUSALS as exc:
+                    log.warning(
+                        "Refused %s (message %s): %s", request.method, message.message_id, exc
+                    )
+                    reply = encode_failure(exc)
+                except Exception as exc:
+                    log.exception("Error in %s (message %s)", request.method, message.message_id)
+                    reply = encode_failure(exc)
+                if message.reply_expected:
+                    await message.reply(reply)
+                await message.ack()
+                self.handled += 1
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception:
+            # A transport failure while replying or acknowledging: the message stays
+            # unacknowledged and the broker redelivers it.
+            log.exception("Could not finish message %s", message.message_id)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def pause_shared(self) -> None:
+        """Stop taking work from the shared queue (the service was disabled)."""
+        if self.consumer is not None:
+            await self.consumer.pause_shared()
+
+    async def resume_shared(self) -> None:
+        """Take work from the shared queue again (the service was enabled)."""
+        if self.consumer is not None:
+            await self.consumer.resume_shared()
+
+    async def stop(self, timeout: float | None = None) -> int:
+        """Stop consuming, drain, and close; return how many handlers were cancelled.
+
+        Args:
+            timeout: seconds to wait for handlers in flight; default
+                ``graceful_shutdown_timeout`` (0 there means forever).
+        """
+        if timeout is None:
+            timeout = self.settings.graceful_shutdown_timeout or math.inf
+        cancelled = 0
+        if self.consumer is not None:
+            await self.consumer.cancel()
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        if self.in_flight:
+            cancelled = self.in_flight
+            log.warning(
+                "Graceful shutdown timeout (%ss) passed: cancelling %d unfinished handler(s); "
+                "their messages go back to the queue",
+                timeout,
+                cancelled,
+            )
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        if self.consumer is not None:
+            await self.consumer.close()
+        self._done.set()
+        log.info(
+            "RPC server for %s stopped: handled %d message(s), requeued %d",
+            self.topic,
+            self.handled,
+            cancelled,
+        )
+        return cancelled

@@ -1,0 +1,376 @@
+"""``Service``: wraps a manager, consumes its topic, runs its periodic tasks, reports state.
+
+Start order (Nova's): connect the transport and the store -> ``init_host`` -> create or
+revive the service record -> ``pre_start_hook`` -> start consumers -> ``post_start_hook``
+-> periodic tasks and state reporting. ``start()`` returns when all of that is done: the
+queues are bound and the record is written.
+
+Stop order: stop consuming -> let in-flight handlers finish within
+``graceful_shutdown_timeout`` (what does not finish goes back to the queue) -> stop the
+periodic tasks (runs in progress finish within what is left of the timeout) ->
+``cleanup_host`` -> close connections.
+
+Everything a service starts lives in its anyio task group. A background task that
+crashes is logged and stops the service; :meth:`Service.wait` then raises its error.
+
+Nova: ``nova.service.Service``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .exceptions import ConfigError, ServiceError, ServiceNotFound
+from .loading import load_object
+from .log import current_service
+from .manager import Manager
+from .periodic import Clock
+from .rpc.dispatcher import Dispatcher
+from .rpc.server import RPCServer
+from .servicegroup import ServiceGroup
+from .settings import Settings
+from .store import ServiceStore, get_store
+from .store.base import ServiceRecord
+from .transport import Transport, get_transport
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """A running manager: its RPC consumers, periodic tasks and liveness reports.
+
+    Most code builds one with :meth:`create`. The constructor takes a manager instance
+    and, optionally, a transport and a store that the caller owns (they are neither
+    connected nor closed by the service); otherwise the service makes its own from
+    ``settings.transport_url`` and ``settings.database_url``.
+    """
+
+    def __init__(
+        self,
+        manager: Manager,
+        *,
+        topic: str,
+        host: str,
+        binary: str,
+        settings: Settings | None = None,
+        transport: Transport | None = None,
+        store: ServiceStore | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.manager = manager
+        self.topic = topic
+        self.host = host
+        self.binary = binary
+        self.settings = settings or manager.settings
+        self._transport = transport
+        self._store = store
+        self._clock = clock
+        if clock is not None:
+            manager.periodic.clock = clock
+        self.transport: Transport | None = transport
+        self.store: ServiceStore | None = store
+        self.servicegroup: ServiceGroup | None = None
+        self.rpc_server: RPCServer | None = None
+        self.record: ServiceRecord | None = None
+        self.started = False
+        self._stop_requested = anyio.Event()
+        self._kill = False
+        self._runner: asyncio.Task[None] | None = None
+
+    @classmethod
+    def create(
+        cls,
+        manager: str | type[Manager],
+        topic: str | None = None,
+        host: str | None = None,
+        binary: str | None = None,
+        settings: Settings | None = None,
+        *,
+        transport: Transport | None = None,
+        store: ServiceStore | None = None,
+        clock: Clock | None = None,
+    ) -> Self:
+        """Build a service around a new instance of ``manager``.
+
+        Args:
+            manager: a Manager subclass, or its import path (``"pkg.mod:VolumeManager"``).
+            topic: defaults to the manager's ``topic``.
+            host: defaults to ``settings.host`` (the machine's name).
+            binary: defaults to ``aiosvc-<topic>``.
+            settings: defaults to the manager's ``settings_class.load()``.
+
+        Raises:
+            LoadError: the import path does not name a Manager subclass.
+            ConfigError: no topic, or a bad setting of the manager's own.
+        """
+        manager_cls: type[Manager] = (
+            load_object(manager, Manager) if isinstance(manager, str) else manager
+        )
+        if not (isinstance(manager_cls, type) and issubclass(manager_cls, Manager)):
+            raise ConfigError(f"{manager!r} is not a subclass of aiosvc.Manager")
+        settings = (settings or manager_cls.settings_class.load()).upgrade(
+            manager_cls.settings_class
+        )
+        topic = topic or manager_cls.topic
+        if not topic:
+            raise ConfigError(
+                f"{manager_cls.__qualname__} declares no topic: set its `topic` or pass topic="
+            )
+        host = host or settings.host
+        binary = binary or f"aiosvc-{topic}"
+        instance = manager_cls(host=host, settings=settings, service_name=binary)
+        return cls(
+            instance,
+            topic=topic,
+            host=host,
+            binary=binary,
+            settings=settings,
+            transport=transport,
+            store=store,
+            clock=clock,
+        )
+
+    # -- lifecycle
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the whole lifecycle in the calling task, until :meth:`stop` is requested.
+
+        For use in your own task group: ``await tg.start(service.serve)`` returns once
+        the service is started. Most code uses ``async with service`` or :meth:`start`.
+        """
+        if self.started or self._stop_requested.is_set():
+            raise ServiceError(f"{self!r} was already started; create a new Service")
+        label = current_service.set(f"{self.topic}@{self.host}")
+        hooks_ran = False
+        try:
+            log.info("Starting %s node %s on host %s", self.topic, self.binary, self.host)
+            await self._connect()
+            assert self.store is not None and self.transport is not None
+            try:
+                self.manager.service_record = await self.store.get(self.host, self.binary)
+            except ServiceNotFound:
+                self.manager.service_record = None
+            hooks_ran = True
+            await self.manager.init_host()
+            self.record = await self.store.register(
+                self.host, self.binary, self.topic, self.manager.SERVICE_VERSION
+            )
+            self.manager.service_record = self.record
+            await self.manager.pre_start_hook()
+            self.rpc_server = RPCServer(
+                self.transport, Dispatcher(self.manager), self.topic, self.host, self.settings
+            )
+            await self._run(task_status)
+        except BaseException as exc:
+            raise _unwrap(exc) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                if hooks_ran:
+                    await self._cleanup_host()
+                await self._close()
+                self.started = False
+                log.info("Stopped %s node %s", self.topic, self.binary)
+                current_service.reset(label)
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
+        assert self.rpc_server is not None and self.servicegroup is not None
+        assert self.record is not None
+        periodic_done = anyio.Event()
+
+        async def run_periodic() -> None:
+            try:
+                await self.manager.periodic.run()
+            finally:
+                periodic_done.set()
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.rpc_server.run)
+            if self.record.disabled:
+                await self.rpc_server.pause_shared()
+            await self.manager.post_start_hook()
+            if self.settings.periodic_enable:
+                tg.start_soon(run_periodic, name=f"periodic tasks of {self.binary}")
+            else:
+                periodic_done.set()
+            tg.start_soon(
+                self.servicegroup.join,
+                self.record,
+                self._on_report,
+                name=f"report_state {self.binary}",
+            )
+            self.started = True
+            log.info(
+                "Started %s: consuming %s, %s, %s_fanout; %d periodic task(s)",
+                self.binary,
+                self.topic,
+                f"{self.topic}.{self.host}",
+                self.topic,
+                len(self.manager.periodic.tasks) if self.settings.periodic_enable else 0,
+            )
+            task_status.started()
+            await self._stop_requested.wait()
+            log.info("Stopping %s", self.binary)
+            timeout = self.settings.graceful_shutdown_timeout or math.inf
+            deadline = anyio.current_time() + timeout
+            await self.rpc_server.stop(timeout)
+            self.manager.periodic.stop()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await periodic_done.wait()
+            tg.cancel_scope.cancel()
+
+    async def _on_report(self, record: ServiceRecord) -> None:
+        assert self.rpc_server is not None
+        previous, self.record = self.record, record
+        self.manager.service_record = record
+        if previous is not None and previous.disabled != record.disabled:
+            if record.disabled:
+                log.info(
+                    "%s was disabled (%s): no longer taking work from the shared queue %s",
+                    self.binary,
+                    record.disabled_reason or "no reason given",
+                    self.topic,
+                )
+                await self.rpc_server.pause_shared()
+            else:
+                log.info("%s was enabled: taking work from %s again", self.binary, self.topic)
+                await self.rpc_server.resume_shared()
+
+    async def _connect(self) -> None:
+        if self.transport is None:
+            self.transport = get_transport(self.settings)
+            await self.transport.connect()
+        if self.store is None:
+            self.store = get_store(self.settings)
+            await self.store.connect()
+        self.servicegroup = ServiceGroup(self.store, self.settings, self._clock)
+
+    async def _cleanup_host(self) -> None:
+        try:
+            await self.manager.cleanup_host()
+        except Exception:
+            log.exception("Error during cleanup_host of %s", self.binary)
+
+    async def _close(self) -> None:
+        if self._kill and self.store is not None:
+            try:
+                await self.store.delete(self.host, self.binary)
+            except ServiceNotFound:
+                log.warning("Service killed that has no database entry")
+            except Exception:
+                log.exception("Could not delete the record of %s", self.binary)
+        if self.store is not None and self._store is None:
+            await _close_quietly(self.store, "service store")
+            self.store = None
+        if self.transport is not None and self._transport is None:
+            await _close_quietly(self.transport, "transport")
+            self.transport = None
+
+    async def start(self) -> None:
+        """Start in a background task; return once the service is started.
+
+        Raises:
+            ServiceError: already started.
+            Exception: whatever made the start fail (e.g. ``TransportError``), after
+                everything already opened was closed again.
+        """
+        if self._runner is not None:
+            raise ServiceError(f"{self!r} was already started; create a new Service")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        async def runner() -> None:
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self.serve)
+                    ready.set_result(None)
+            except BaseException as exc:
+                exc = _unwrap(exc)
+                if not ready.done():
+                    ready.set_exception(exc)
+                    return
+                if not isinstance(exc, asyncio.CancelledError):
+                    log.error("%s stopped by an error: %s", self.binary, exc, exc_info=exc)
+                raise exc from None
+
+        self._runner = loop.create_task(runner(), name=f"aiosvc {self.binary}")
+        try:
+            await asyncio.shield(ready)
+        except asyncio.CancelledError:
+            self._runner.cancel()
+            raise
+
+    async def stop(self) -> None:
+        """Stop gracefully (see the module docstring) and wait until stopped.
+
+        Raises:
+            Exception: the error that had already stopped the service, if any.
+        """
+        self._stop_requested.set()
+        await self.wait()
+
+    async def wait(self) -> None:
+        """Wait until the service has stopped.
+
+        Raises:
+            Exception: the error that stopped it, if it did not stop cleanly.
+        """
+        if self._runner is None:
+            return
+        await asyncio.shield(self._runner)
+
+    def abort(self) -> None:
+        """Cancel the service at once (what a forced stop does).
+
+        Handlers in flight are cancelled and their messages go back to the queue;
+        ``cleanup_host`` still runs and connections are still closed.
+        """
+        if self._runner is not None:
+            self._runner.cancel()
+
+    async def reset(self) -> None:
+        """Ask the manager to re-read its configuration (what SIGHUP does)."""
+        log.info("Resetting %s", self.binary)
+        await self.manager.reset()
+
+    async def kill(self) -> None:
+        """Stop, then soft-delete this service's record (Nova: used by tests)."""
+        self._kill = True
+        if self._runner is None and not self.started:
+            self._stop_requested.set()
+            return
+        await self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Service {self.binary} topic={self.topic!r} host={self.host!r} "
+            f"manager={type(self.manager).__name__}>"
+        )
+
+
+async def _close_quietly(resource: Any, what: str) -> None:
+    try:
+        await resource.close()
+    except Exception:
+        log.exception("Error while closing the %s", what)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, so users see the real cause."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

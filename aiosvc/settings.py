@@ -1,0 +1,228 @@
+"""The one configuration model: :class:`Settings`.
+
+Values come from, highest first: explicit overrides (the CLI flags), ``AIOSVC_*``
+environment variables, a ``--config`` file (TOML, or ``KEY=VALUE`` lines), ``.env``
+in the working directory, then the defaults below (nova's, where nova has one).
+
+A manager that needs options of its own subclasses :class:`Settings` and names the
+subclass in ``Manager.settings_class``; its fields read ``AIOSVC_<NAME>`` like the rest.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import socket
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .exceptions import ConfigError
+
+__all__ = ["Settings", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "aiosvc_toml_file", default=None
+)
+
+TRANSPORT_SCHEMES = ("memory", "amqp", "amqps")
+STORE_SCHEMES = ("memory", "postgresql", "postgres")
+
+
+class Settings(BaseSettings):
+    """Options every service reads (DESIGN section 4).
+
+    Nova: ``nova.conf.service``, ``nova.conf.base``, ``oslo_messaging`` and
+    ``oslo_service`` options of the same names.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIOSVC_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+    env_prefix: ClassVar[str] = "AIOSVC_"
+
+    transport_url: str = Field(
+        "memory://", description="Message broker: memory://, amqp://user:pass@host:5672/vhost"
+    )
+    database_url: str = Field(
+        "memory://", description="Service store: memory:// or postgresql://user:pass@host/db"
+    )
+    host: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
+    control_exchange: str = Field("aiosvc", min_length=1, description="AMQP topic exchange")
+    report_interval: float = Field(
+        10.0, ge=0, description="Seconds between state reports; 0 turns reporting off"
+    )
+    service_down_time: float = Field(
+        60.0, gt=0, description="Seconds without a report after which a service is down"
+    )
+    periodic_enable: bool = True
+    periodic_interval: float = Field(
+        60.0, gt=0, description="Spacing of periodic tasks declared without one"
+    )
+    periodic_fuzzy_delay: float = Field(
+        60.0, ge=0, description="Up to this many random seconds before a task's first run"
+    )
+    graceful_shutdown_timeout: float = Field(
+        60.0, ge=0, description="Seconds stop() waits for in-flight work; 0 waits forever"
+    )
+    rpc_response_timeout: float = Field(60.0, gt=0, description="Default timeout of a call")
+    rpc_max_concurrency: int = Field(
+        64, ge=1, description="Handlers run at once per service (AMQP prefetch)"
+    )
+    amqp_durable_queues: bool = True
+    amqp_quorum_queues: bool = False
+    allowed_remote_exceptions: list[str] = Field(
+        default_factory=list,
+        description="Modules or classes whose remote exceptions are re-raised as themselves",
+    )
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("transport_url")
+    @classmethod
+    def _transport_scheme(cls, value: str) -> str:
+        return _check_scheme(value, TRANSPORT_SCHEMES)
+
+    @field_validator("database_url")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        return _check_scheme(value, STORE_SCHEMES)
+
+    @model_validator(mode="after")
+    def _down_time_above_interval(self) -> Self:
+        # Nova raises service_down_time itself rather than flap services up and down.
+        if self.report_interval and self.service_down_time <= self.report_interval:
+            raised = self.report_interval * 2.5
+            log.warning(
+                "service_down_time (%s) must be greater than report_interval (%s); using %s",
+                self.service_down_time,
+                self.report_interval,
+                raised,
+            )
+            object.__setattr__(self, "service_down_time", raised)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = _toml_file.get()
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        sources += [dotenv_settings, file_secret_settings]
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+        """Read the settings from every source, failing early with one clear error.
+
+        Args:
+            config_file: a ``.toml`` file of ``name = value`` lines, or a dotenv file
+                of ``AIOSVC_NAME=value`` lines; below the environment in priority.
+            overrides: values that beat every source (the CLI flags).
+
+        Raises:
+            ConfigError: a value is invalid; the message names the setting, its
+                environment variable and the reason.
+        """
+        token = None
+        kwargs: dict[str, Any] = {}
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            if path.suffix == ".toml":
+                token = _toml_file.set(path)
+            else:
+                kwargs["_env_file"] = (".env", path)
+        try:
+            return cls(**kwargs, **overrides)
+        except ValidationError as exc:
+            raise config_error(exc, cls.env_prefix) from None
+        finally:
+            if token is not None:
+                _toml_file.reset(token)
+
+    def upgrade(self, settings_cls: type[Settings]) -> Settings:
+        """These settings as ``settings_cls`` (a subclass), reading its extra fields.
+
+        Raises:
+            ConfigError: one of the subclass's own fields is invalid.
+        """
+        if isinstance(self, settings_cls):
+            return self
+        explicit = self.model_dump(include=self.model_fields_set)
+        try:
+            return settings_cls(**explicit)
+        except ValidationError as exc:
+            raise config_error(exc, settings_cls.env_prefix) from None
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings with passwords removed from URLs, for logs and ``--help`` output."""
+        data = self.model_dump()
+        for key, value in data.items():
+            if key.endswith("_url") and isinstance(value, str):
+                data[key] = redact_url(value)
+        return data
+
+
+def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        raise ValueError(
+            f"URL scheme must be one of {', '.join(schemes)}, got {scheme or 'none'!r}"
+        )
+    return value
+
+
+def config_error(exc: ValidationError, env_prefix: str = "AIOSVC_") -> ConfigError:
+    """One ConfigError naming every bad field, its variable and the reason; never a password."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in err["loc"]) or "settings"
+        given = err.get("input")
+        shown = redact_url(given) if isinstance(given, str) and "://" in given else given
+        reason = err["msg"].removeprefix("Value error, ")
+        problems.append(
+            f"{name} ({env_prefix}{name.upper()}={shown!s}): {reason}" if err["loc"] else reason
+        )
+    return ConfigError("invalid setting " + "; ".join(problems))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``; safe to log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

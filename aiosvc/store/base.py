@@ -1,0 +1,170 @@
+"""What a service store must do: the ``services`` table and the up/down rule.
+
+Nova: ``nova.db.main.models.Service``, ``nova.objects.Service`` and the servicegroup
+DB driver. The store, not the host, owns the clock: ``last_seen_up`` is written with
+the store's ``now()`` and ``is_up`` is computed by the store, so host clocks never matter.
+
+``is_up`` is ``not forced_down and now() - last_seen_up <= service_down_time`` (a
+record that never reported counts from ``created_at``, as nova's does).
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..settings import Settings
+
+__all__ = ["ServiceRecord", "ServiceStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """One row of the ``services`` table, with ``is_up`` as the store judged it when read."""
+
+    id: int
+    uuid: uuid.UUID
+    host: str
+    binary: str
+    topic: str
+    report_count: int
+    disabled: bool
+    disabled_reason: str | None
+    forced_down: bool
+    last_seen_up: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime | None
+    deleted_at: datetime | None
+    is_up: bool
+
+    @property
+    def status(self) -> str:
+        """``"enabled"`` or ``"disabled"``, as ``nova service-list`` shows it."""
+        return "disabled" if self.disabled else "enabled"
+
+    @property
+    def state(self) -> str:
+        """``"up"`` or ``"down"``, as ``nova service-list`` shows it."""
+        return "up" if self.is_up else "down"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``services list --json``)."""
+        return {
+            "id": self.id,
+            "uuid": str(self.uuid),
+            "host": self.host,
+            "binary": self.binary,
+            "topic": self.topic,
+            "status": self.status,
+            "state": self.state,
+            "report_count": self.report_count,
+            "disabled_reason": self.disabled_reason,
+            "forced_down": self.forced_down,
+            "last_seen_up": _iso(self.last_seen_up),
+            "version": self.version,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class ServiceStore(abc.ABC):
+    """Where services record themselves, chosen by the scheme of ``settings.database_url``.
+
+    Implementations: :mod:`aiosvc.store.memory` (``memory://``) and
+    :mod:`aiosvc.store.postgres` (``postgresql://``). Every method raises
+    :class:`~aiosvc.exceptions.StoreError` when the store cannot be reached.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def service_down_time(self) -> float:
+        return self.settings.service_down_time
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect, and bring the schema up to date (idempotent, safe when many start at once).
+
+        Raises:
+            StoreError: unreachable, refused or bad credentials; never shows a password.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release every connection. Idempotent."""
+
+    @abc.abstractmethod
+    async def register(self, host: str, binary: str, topic: str, version: int) -> ServiceRecord:
+        """Create the live record for ``host`` + ``binary``, or revive the existing one.
+
+        An existing live record keeps its id, uuid, report_count and admin state
+        (disabled, forced_down); its ``topic`` and ``version`` are updated. Safe when
+        several services register the same pair at once: one row results.
+        """
+
+    @abc.abstractmethod
+    async def report(self, service_id: int) -> ServiceRecord:
+        """One heartbeat, in one statement: ``report_count += 1, last_seen_up = now()``.
+
+        Returns the updated record (so the caller sees ``disabled``).
+
+        Raises:
+            ServiceNotFound: the record was deleted.
+        """
+
+    @abc.abstractmethod
+    async def get(self, host: str, binary: str) -> ServiceRecord:
+        """The live record of ``host`` + ``binary``.
+
+        Raises:
+            ServiceNotFound: there is none.
+        """
+
+    @abc.abstractmethod
+    async def list(
+        self, *, topic: str | None = None, host: str | None = None, binary: str | None = None
+    ) -> list[ServiceRecord]:
+        """Every live record matching the filters, ordered by id."""
+
+    @abc.abstractmethod
+    async def update(
+        self,
+        host: str,
+        binary: str,
+        *,
+        disabled: bool | None = None,
+        disabled_reason: str | None = None,
+        forced_down: bool | None = None,
+    ) -> ServiceRecord:
+        """Change the admin state of a live record; ``None`` leaves a field as it is.
+
+        Enabling clears ``disabled_reason``; a reason is kept only with ``disabled=True``.
+        Never touches ``last_seen_up`` (so admin changes cannot make a dead service look up).
+
+        Raises:
+            ServiceNotFound: there is no live record.
+        """
+
+    @abc.abstractmethod
+    async def delete(self, host: str, binary: str) -> None:
+        """Soft-delete the live record (``deleted_at = now()``).
+
+        Raises:
+            ServiceNotFound: there is no live record.
+        """
+
+    async def __aenter__(self) -> ServiceStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""The aiosvc pytest plugin (entry point ``pytest11``)."""
