@@ -89,7 +89,7 @@ class ServiceGroup:
         return fresh
 
     async def join(self, record: ServiceRecord, on_report: StateCallback | None = None) -> None:
-        """Report every ``report_interval`` seconds until cancelled (the first after one interval).
+        """Report now, then every ``report_interval`` seconds until cancelled.
 
         ``on_report`` gets each record written, so the service can follow admin changes
         such as ``disabled``.
@@ -97,7 +97,7 @@ class ServiceGroup:
         interval = self.settings.report_interval
         if not interval:
             return
-        next_at = self.clock.now() + interval
+        next_at = self.clock.now()
         while True:
             await self.clock.sleep_until(next_at)
             fresh = await self.report_state(record)
