@@ -2,6 +2,7 @@
 
 * :class:`FakeClock`: drive periodic tasks and state reports without waiting:
   ``await clock.advance(60)`` runs everything that falls due in those 60 seconds, in order.
+* :func:`wait_until`: wait, with a deadline, for a condition no event signals.
 * :func:`isolated_settings`: settings on a private in-memory broker and store, so tests
   never see each other's queues or records.
 * The pytest plugin (:mod:`aiosvc.testing.plugin`, loaded automatically when aiosvc is
@@ -14,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -22,7 +24,7 @@ from anyio import wait_all_tasks_blocked
 
 from ..settings import Settings
 
-__all__ = ["FakeClock", "isolated_settings"]
+__all__ = ["FakeClock", "isolated_settings", "wait_until"]
 
 
 class FakeClock:
@@ -86,3 +88,24 @@ def isolated_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings.load(**values)
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, interval: float = 0.01
+) -> None:
+    """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds.
+
+    For conditions no event signals (a counter in a manager, a queue's length in the
+    broker). Raises ``TimeoutError`` naming the predicate when it never became true.
+    """
+    with anyio.move_on_after(timeout):
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(interval)
+    raise TimeoutError(
+        f"{getattr(predicate, '__name__', predicate)!r} still false after {timeout}s"
+    )
