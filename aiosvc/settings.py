@@ -11,17 +11,21 @@ subclass in ``Manager.settings_class``; its fields read ``AIOSVC_<NAME>`` like t
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
+import re
 import socket
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -87,11 +91,28 @@ class Settings(BaseSettings):
     )
     amqp_durable_queues: bool = True
     amqp_quorum_queues: bool = False
-    allowed_remote_exceptions: list[str] = Field(
+    allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Modules or classes whose remote exceptions are re-raised as themselves",
+        description="Modules or classes whose remote exceptions are re-raised as themselves "
+        "(comma-separated, or a JSON list)",
     )
     log_level: LogLevel = "INFO"
+
+    # The --config file these settings were read from, so upgrade() reads it again.
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @field_validator("allowed_remote_exceptions", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # oslo's ListOpt form ("a.b, c.d") as well as a JSON list, from env or a file.
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                try:
+                    return json.loads(value)
+                except ValueError:
+                    return value
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -153,6 +174,7 @@ class Settings(BaseSettings):
         """
         token = None
         kwargs: dict[str, Any] = {}
+        path = None
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
@@ -162,12 +184,16 @@ class Settings(BaseSettings):
             else:
                 kwargs["_env_file"] = (".env", path)
         try:
-            return cls(**kwargs, **overrides)
+            settings = cls(**kwargs, **overrides)
         except ValidationError as exc:
             raise config_error(exc, cls.env_prefix) from None
+        except SettingsError as exc:
+            raise _source_error(exc, cls.env_prefix) from None
         finally:
             if token is not None:
                 _toml_file.reset(token)
+        settings._config_file = path
+        return settings
 
     def upgrade(self, settings_cls: type[Settings]) -> Settings:
         """These settings as ``settings_cls`` (a subclass), reading its extra fields.
@@ -178,10 +204,8 @@ class Settings(BaseSettings):
         if isinstance(self, settings_cls):
             return self
         explicit = self.model_dump(include=self.model_fields_set)
-        try:
-            return settings_cls(**explicit)
-        except ValidationError as exc:
-            raise config_error(exc, settings_cls.env_prefix) from None
+        # Read the same config file again: it may hold the subclass's own fields.
+        return settings_cls.load(self._config_file, **explicit)
 
     def public_dict(self) -> dict[str, Any]:
         """The settings with passwords removed from URLs, for logs and ``--help`` output."""
@@ -213,6 +237,18 @@ def config_error(exc: ValidationError, env_prefix: str = "AIOSVC_") -> ConfigErr
             f"{name} ({env_prefix}{name.upper()}={shown!s}): {reason}" if err["loc"] else reason
         )
     return ConfigError("invalid setting " + "; ".join(problems))
+
+
+def _source_error(exc: SettingsError, env_prefix: str) -> ConfigError:
+    """A value a source could not parse (e.g. not JSON for a list or dict field), as one line."""
+    cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+    match = re.search(r'field "(\w+)"', str(exc))
+    if match is None:
+        return ConfigError(f"invalid setting: {exc}{cause}".replace("\n", " "))
+    name = match[1]
+    return ConfigError(
+        f"invalid setting {name} ({env_prefix}{name.upper()}): cannot parse the value{cause}"
+    )
 
 
 def redact_url(url: str) -> str:

@@ -57,11 +57,11 @@ async def test_wait_until_returns_once_true_and_times_out_otherwise() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(fill)
         await wait_until(lambda: bool(box), timeout=2)
+
+    def never() -> bool:
+        return False
+
     with pytest.raises(TimeoutError, match="never"):
-
-        def never() -> bool:
-            return False
-
         await wait_until(never, timeout=0.05)
 
 
