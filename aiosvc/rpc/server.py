@@ -1,7 +1,8 @@
 """The RPC server: a dispatcher bound to a service's consumers.
 
-Each delivered message is handled in a task of the server's own task group, up to
-``rpc_max_concurrency`` at once (the transport's prefetch). A message is acknowledged
+Each delivered message is handled in a task of the server's own task group; at most
+``rpc_max_concurrency`` handlers run at once (the transport's prefetch also bounds how many
+messages each queue delivers ahead). A message is acknowledged
 only after its handler finished and the reply (for a call) was sent: at least once.
 A handler's exception goes back to the caller and the message is acknowledged, never
 requeued in a loop. A malformed message is logged and dead-lettered.
@@ -58,6 +59,9 @@ class RPCServer:
         self._idle.set()
         self._tg: TaskGroup | None = None
         self._done = anyio.Event()
+        # The transport's prefetch applies per queue (three per service); this bounds the
+        # handlers running at once across all of them, as rpc_max_concurrency promises.
+        self._limiter = anyio.CapacityLimiter(settings.rpc_max_concurrency)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until :meth:`stop`; ``task_status.started()`` once queues are bound."""
@@ -94,7 +98,9 @@ class RPCServer:
                 return
             with use_context(request.context):
                 try:
-                    reply = encode_result(await self.dispatcher.dispatch(request))
+                    async with self._limiter:
+                        result = await self.dispatcher.dispatch(request)
+                    reply = encode_result(result)
                 except _REFUSALS as exc:
                     log.warning(
                         "Refused %s (message %s): %s", request.method, message.message_id, exc
