@@ -264,8 +264,8 @@ class Service:
                 await self.store.delete(self.host, self.binary)
             except ServiceNotFound:
                 log.warning("Service killed that has no database entry")
-            except Exception:
-                log.exception("Could not delete the record of %s", self.binary)
+            except Exception as exc:
+                log.error("Could not delete the record of %s: %s", self.binary, exc)
         if self.store is not None and self._store is None:
             await _close_quietly(self.store, "service store")
             self.store = None

@@ -39,6 +39,9 @@ class ServiceGroup:
         self.settings = settings
         self.clock: Clock = clock or MonotonicClock()
         self.disconnected = False
+        # Why reports fail ("gone" or "unreachable"): each kind is logged once, so a record
+        # deleted while the store was unreachable is still reported when it comes back.
+        self._failure: str | None = None
 
     async def is_up(self, record: ServiceRecord) -> bool:
         """Whether the service of ``record`` is up now (re-read from the store)."""
@@ -63,17 +66,18 @@ class ServiceGroup:
             with anyio.fail_after(max(self.settings.report_interval, 1.0)):
                 fresh = await self.store.report(record.id)
         except ServiceNotFound:
-            if not self.disconnected:
+            if self._failure != "gone":
                 log.error(
                     "The services record of %s on host %s is gone (deleted by an operator?); "
                     "restart this service to recreate it",
                     record.binary,
                     record.host,
                 )
+            self._failure = "gone"
             self.disconnected = True
             return None
         except Exception as exc:
-            if not self.disconnected:
+            if self._failure != "unreachable":
                 log.error(
                     "Cannot report the state of %s to the service store: %s; "
                     "retrying every %ss while the service keeps serving",
@@ -81,10 +85,12 @@ class ServiceGroup:
                     _reason(exc),
                     self.settings.report_interval,
                 )
+            self._failure = "unreachable"
             self.disconnected = True
             return None
         if self.disconnected:
             self.disconnected = False
+            self._failure = None
             log.info("Recovered: reporting the state of %s again", record.binary)
         return fresh
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import heapq
+import inspect
 import itertools
 import uuid
 from collections.abc import Awaitable, Callable
@@ -91,7 +92,9 @@ def isolated_settings(**overrides: Any) -> Settings:
 
 
 async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, interval: float = 0.01
+    predicate: Callable[[], object | Awaitable[object]],
+    timeout: float = 5.0,
+    interval: float = 0.01,
 ) -> None:
     """Return as soon as ``predicate()`` is true; fail after ``timeout`` seconds.
 
@@ -101,7 +104,7 @@ async def wait_until(
     with anyio.move_on_after(timeout):
         while True:
             result = predicate()
-            if not isinstance(result, bool):
+            if inspect.isawaitable(result):
                 result = await result
             if result:
                 return
