@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .exceptions import AiosvcError, ConfigError
+from .exceptions import AiosvcError, ConfigError, ServiceError
 from .loading import load_object
 from .log import setup_logging
 from .manager import Manager
@@ -188,7 +188,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 cls, topic=args.topic, host=args.host, binary=args.binary, settings=settings
             )
         )
-    return asyncio.run(launch(*services))
+    try:
+        return asyncio.run(launch(*services))
+    except (AiosvcError, OSError):
+        raise
+    except Exception as exc:
+        # A manager's hook (init_host, pre_start_hook, ...) raised: one line, like any
+        # other failure; --log-level DEBUG shows the traceback.
+        which = services[0].binary if len(services) == 1 else "a service"
+        raise ServiceError(f"{which} failed to start: {type(exc).__name__}: {exc}") from exc
 
 
 # -- call / cast
@@ -233,11 +241,24 @@ def _cmd_cast(args: argparse.Namespace) -> int:
 # -- services / db
 
 
+def _services_settings(args: argparse.Namespace) -> Settings:
+    settings = _load_settings(args)
+    if settings.database_url.startswith("memory:"):
+        # A memory:// store lives in one process: a listing would always be empty.
+        raise UsageError(
+            "services commands need the database shared with the services: "
+            "set AIOSVC_DATABASE_URL (or --database-url) to postgresql://..."
+        )
+    return settings
+
+
 def _cmd_services_list(args: argparse.Namespace) -> int:
     from .store import get_store
 
+    settings = _services_settings(args)
+
     async def fetch() -> list[Any]:
-        async with get_store(_load_settings(args)) as store:
+        async with get_store(settings) as store:
             return await store.list(topic=args.topic, host=args.host, binary=args.binary)
 
     records = asyncio.run(fetch())
@@ -277,11 +298,18 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def _cmd_services_action(args: argparse.Namespace) -> int:
     from .store import get_store
 
+    settings = _services_settings(args)
+
     async def act() -> str:
-        async with get_store(_load_settings(args)) as store:
+        async with get_store(settings) as store:
             if args.action == "delete":
+                gone = await store.get(args.host, args.binary)
                 await store.delete(args.host, args.binary)
-                return f"deleted {args.binary} on {args.host}"
+                done = f"deleted {gone.binary} on {gone.host} (id {gone.id})"
+                if gone.is_up:
+                    # Nova's behaviour: a running service does not re-create its record.
+                    done += "; it was up: if it still runs, restart it to recreate its record"
+                return done
             if args.action == "disable":
                 r = await store.update(
                     args.host, args.binary, disabled=True, disabled_reason=args.reason
@@ -290,9 +318,20 @@ def _cmd_services_action(args: argparse.Namespace) -> int:
                 r = await store.update(args.host, args.binary, disabled=False)
             else:
                 r = await store.update(args.host, args.binary, forced_down=not args.unset)
-            return f"{r.binary} on {r.host}: {r.status}, {r.state}" + (
-                " (forced down)" if r.forced_down else ""
-            )
+            status = r.status + (f" ({r.disabled_reason})" if r.disabled_reason else "")
+            state = r.state + (" (forced down)" if r.forced_down else "")
+            done = f"{r.binary} on {r.host}: {status}, {state}"
+            # Say what the change means for the service (it learns at its next report).
+            if args.action == "disable" and r.is_up:
+                done += (
+                    f"; it stops taking work from the shared queue {r.topic!r} at its next "
+                    f"state report, and still answers calls sent to {r.host}"
+                )
+            elif args.action == "disable":
+                done += f"; it will take no work from the shared queue {r.topic!r} when it runs"
+            elif args.action == "enable" and r.is_up:
+                done += f"; it takes work from the shared queue {r.topic!r} from its next report"
+            return done
 
     print(asyncio.run(act()))
     return EXIT_OK
@@ -310,7 +349,13 @@ def _cmd_db(args: argparse.Namespace) -> int:
         print(f"schema version {postgres.latest_version()}")
     else:
         current = asyncio.run(postgres.current_version(settings.database_url))
-        print(f"schema version {current} (latest {postgres.latest_version()})")
+        latest = postgres.latest_version()
+        hint = ""
+        if current < latest:
+            hint = "; run `python -m aiosvc db upgrade` to apply the pending migrations"
+        elif current > latest:
+            hint = "; the database is newer than this aiosvc: upgrade aiosvc"
+        print(f"schema version {current} (latest {latest}){hint}")
     return EXIT_OK
 
 

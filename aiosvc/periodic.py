@@ -25,6 +25,7 @@ Nova: ``oslo_service.periodic_task`` and the dynamic looping call in ``nova.serv
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import math
@@ -205,7 +206,18 @@ class PeriodicTask:
                 self.runs += 1
                 return True
             except anyio.get_cancelled_exc_class():
-                raise
+                if cancel_requested():
+                    raise
+                # The task raised CancelledError itself (it awaited a future someone
+                # cancelled): a failure like any other. Let through, it would end the
+                # runner's task group and so every periodic task, without a word.
+                self.runs += 1
+                self.failures += 1
+                if raise_on_error:
+                    raise
+                with use_context(ctx):
+                    log.exception("Error during periodic task %s", self.name)
+                return False
             except Exception:
                 self.runs += 1
                 self.failures += 1
@@ -270,8 +282,12 @@ class PeriodicRunner:
         for task in self.tasks:
             assert task.next_run is not None
             if task.next_run <= self.clock.now():
-                await task.run_once(self.clock, raise_on_error=raise_on_error)
-                self._note_skips(task, task.advance(self.clock.now()))
+                try:
+                    await task.run_once(self.clock, raise_on_error=raise_on_error)
+                finally:
+                    # Even when the error is re-raised, the task has had its run for this
+                    # slot (oslo moves last_run before running); it is not due again.
+                    self._note_skips(task, task.advance(self.clock.now()))
         if not self.tasks:
             return self.settings.periodic_interval
         now = self.clock.now()
@@ -315,6 +331,15 @@ class PeriodicRunner:
                 task.last_duration or 0.0,
                 task.spacing,
             )
+
+
+def cancel_requested() -> bool:
+    """Whether the current task is being cancelled (as opposed to a stray CancelledError)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return True
+    return task is None or task.cancelling() > 0
 
 
 def _as_async(method: Callable[[Context], Any]) -> Callable[[Context], Any]:

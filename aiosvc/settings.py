@@ -16,7 +16,7 @@ import logging
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -40,6 +40,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "aiosvc_toml_file", default=None
 )
+
+S = TypeVar("S", bound="Settings")
 
 TRANSPORT_SCHEMES = ("memory", "amqp", "amqps")
 STORE_SCHEMES = ("memory", "postgresql", "postgres")
@@ -195,7 +197,7 @@ class Settings(BaseSettings):
         settings._config_file = path
         return settings
 
-    def upgrade(self, settings_cls: type[Settings]) -> Settings:
+    def upgrade(self, settings_cls: type[S]) -> S:
         """These settings as ``settings_cls`` (a subclass), reading its extra fields.
 
         Raises:

@@ -22,6 +22,7 @@ import pydantic
 from ..context import Context
 from ..exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from ..manager import Manager
+from ..periodic import cancel_requested
 from .protocol import Request, dumps, version_is_compatible
 
 __all__ = ["Dispatcher"]
@@ -35,7 +36,7 @@ class _Endpoint:
     is_async: bool
     takes_ctx: bool
     args_model: type[pydantic.BaseModel]
-    fields: tuple[str, ...]
+    fields: dict[str, str]  # argument name -> field name in args_model
     var_kwargs: bool
 
 
@@ -83,13 +84,20 @@ class Dispatcher:
                 f"{type(self.manager).__name__} has no RPC method {request.method!r}"
             )
         kwargs = self.validate(request.method, endpoint, request.args)
-        if endpoint.takes_ctx:
+        args = (request.context,) if endpoint.takes_ctx else ()
+        try:
             if endpoint.is_async:
-                return await endpoint.func(request.context, **kwargs)
-            return await anyio.to_thread.run_sync(lambda: endpoint.func(request.context, **kwargs))
-        if endpoint.is_async:
-            return await endpoint.func(**kwargs)
-        return await anyio.to_thread.run_sync(lambda: endpoint.func(**kwargs))
+                return await endpoint.func(*args, **kwargs)
+            return await anyio.to_thread.run_sync(lambda: endpoint.func(*args, **kwargs))
+        except anyio.get_cancelled_exc_class() as exc:
+            if cancel_requested():
+                raise
+            # The method raised CancelledError itself (it awaited a future someone else
+            # cancelled). Passed on as is, it would end the server's task group: every
+            # later message would go unanswered, with nothing logged. It is a failure.
+            raise RuntimeError(
+                f"{request.method}() raised CancelledError without being cancelled"
+            ) from exc
 
     @staticmethod
     def validate(method: str, endpoint: _Endpoint, args: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +112,7 @@ class Dispatcher:
             model = endpoint.args_model.model_validate_json(dumps(args))
         except pydantic.ValidationError as exc:
             raise InvalidArguments(f"{method}(): {_describe(exc)}") from None
-        kwargs = {name: getattr(model, name) for name in endpoint.fields}
+        kwargs = {name: getattr(model, field) for name, field in endpoint.fields.items()}
         if endpoint.var_kwargs and model.model_extra:
             kwargs.update(model.model_extra)
         return kwargs
@@ -136,21 +144,26 @@ def _build_endpoint(manager: Manager, name: str, func: Callable[..., Any]) -> _E
             )
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
-        fields[param.name] = (annotation, default)
+        # The model's fields are p0, p1, ... aliased to the argument names, so arguments
+        # named like BaseModel members (json, copy, schema, model_config) work as any other.
+        fields[param.name] = (annotation, pydantic.Field(default, alias=param.name))
     config = pydantic.ConfigDict(
         extra="allow" if var_kwargs else "forbid",
         arbitrary_types_allowed=True,
         val_json_bytes="base64",
     )
+    names = {arg: f"p{i}" for i, arg in enumerate(fields)}
     model = pydantic.create_model(
-        f"{type(manager).__name__}.{name}.args", __config__=config, **fields
+        f"{type(manager).__name__}.{name}.args",
+        __config__=config,
+        **{names[arg]: spec for arg, spec in fields.items()},
     )
     return _Endpoint(
         func=bound,
         is_async=inspect.iscoroutinefunction(func),
         takes_ctx=takes_ctx,
         args_model=model,
-        fields=tuple(fields),
+        fields=names,
         var_kwargs=var_kwargs,
     )
 

@@ -116,7 +116,9 @@ def decode_request(body: bytes) -> Request:
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise MalformedMessage("request field 'args' must be an object")
-    version = data.get("version") or "1.0"
+    version = data.get("version")
+    if version is None:
+        version = "1.0"  # oslo's default for a message without one
     if not isinstance(version, str):
         raise MalformedMessage("request field 'version' must be a string")
     try:
