@@ -43,6 +43,9 @@ __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 10.0
+"""Seconds a stopping service waits for its transport and store to close."""
+
 
 class Service:
     """A running manager: its RPC consumers, periodic tasks and liveness reports.
@@ -84,6 +87,8 @@ class Service:
         self._stop_requested = anyio.Event()
         self._kill = False
         self._runner: asyncio.Task[None] | None = None
+        self._aborted = False
+        self._cleanup_scope: anyio.CancelScope | None = None
 
     @classmethod
     def create(
@@ -172,13 +177,20 @@ class Service:
         except BaseException as exc:
             raise _unwrap(exc) from None
         finally:
-            with anyio.CancelScope(shield=True):
+            # Shielded, so a cancelled service still cleans up; abort() (a forced stop)
+            # cancels this scope itself, so a cleanup_host that hangs cannot hold it.
+            with anyio.CancelScope(shield=True) as scope:
+                self._cleanup_scope = scope
+                if self._aborted:
+                    scope.cancel()
                 if hooks_ran:
                     await self._cleanup_host()
+            self._cleanup_scope = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 await self._close()
-                self.started = False
-                log.info("Stopped %s node %s", self.topic, self.binary)
-                current_service.reset(label)
+            self.started = False
+            log.info("Stopped %s node %s", self.topic, self.binary)
+            current_service.reset(label)
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
         assert self.rpc_server is not None and self.servicegroup is not None
@@ -330,15 +342,23 @@ class Service:
         """Cancel the service at once (what a forced stop does).
 
         Handlers in flight are cancelled and their messages go back to the queue;
-        ``cleanup_host`` still runs and connections are still closed.
+        ``cleanup_host`` is cancelled too (at once if it has not begun); connections are
+        still closed, within ``CLOSE_TIMEOUT`` seconds.
         """
+        self._aborted = True
         if self._runner is not None:
             self._runner.cancel()
+        if self._cleanup_scope is not None:
+            self._cleanup_scope.cancel()
 
     async def reset(self) -> None:
         """Ask the manager to re-read its configuration (what SIGHUP does)."""
-        log.info("Resetting %s", self.binary)
-        await self.manager.reset()
+        token = current_service.set(f"{self.topic}@{self.host}")
+        try:
+            log.info("Resetting %s", self.binary)
+            await self.manager.reset()
+        finally:
+            current_service.reset(token)
 
     async def kill(self) -> None:
         """Stop, then soft-delete this service's record (Nova: used by tests)."""
