@@ -92,6 +92,9 @@ def test_fanout_cast_reaches_both(env: dict[str, str], topic: str, journal_path:
 
 
 def test_call_cli_reports_invalid_arguments_and_service_keeps_serving(env: dict[str, str]) -> None:
+    # The acceptance's own command, on the default exchange: queue names are per vhost, so
+    # the `volume` queue must keep the dead-letter exchange every other test declares it with.
+    env = {k: v for k, v in env.items() if k != "AIOSVC_CONTROL_EXCHANGE"}
     with aiosvc_proc(["run", "--manager", "examples.volume:VolumeManager"], env) as service:
         service.wait_for("Started")
         bad = run_cli(["call", "volume", "create_volume", "volume_id=v1", "size_gb=oops"], env)
