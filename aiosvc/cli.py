@@ -258,7 +258,7 @@ def _cmd_services_list(args: argparse.Namespace) -> int:
     settings = _services_settings(args)
 
     async def fetch() -> list[Any]:
-        async with get_store(settings) as store:
+        async with get_store(settings, migrate=False) as store:
             return await store.list(topic=args.topic, host=args.host, binary=args.binary)
 
     records = asyncio.run(fetch())
@@ -301,7 +301,7 @@ def _cmd_services_action(args: argparse.Namespace) -> int:
     settings = _services_settings(args)
 
     async def act() -> str:
-        async with get_store(settings) as store:
+        async with get_store(settings, migrate=False) as store:
             if args.action == "delete":
                 gone = await store.get(args.host, args.binary)
                 await store.delete(args.host, args.binary)

@@ -426,6 +426,18 @@ async def test_db_upgrade_on_an_empty_database_then_version(
     assert "already up to date" in result.out
 
 
+async def test_services_commands_never_change_the_schema(
+    fresh_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = await cli(capsys, "services", "list", "--database-url", fresh_database_url)
+    assert result.code == 1
+    assert result.err.count("\n") == 1
+    assert "schema version 0" in result.err
+    assert "db upgrade" in result.err
+    rows = await _sql(fresh_database_url, "SELECT to_regclass('services') IS NULL AS absent")
+    assert rows[0]["absent"]
+
+
 async def test_db_needs_postgres(capsys: pytest.CaptureFixture[str]) -> None:
     result = await cli(capsys, "db", "version", "--database-url", "memory://")
     assert result.code == 2

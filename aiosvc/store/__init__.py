@@ -18,8 +18,10 @@ _BACKENDS = {
 }
 
 
-def get_store(settings: Settings) -> ServiceStore:
+def get_store(settings: Settings, *, migrate: bool = True) -> ServiceStore:
     """A new, not yet connected store for ``settings.database_url``.
+
+    ``migrate=False``: connecting never changes the schema (see ``ServiceStore.connect``).
 
     Raises:
         ConfigError: the URL's scheme names no store.
@@ -33,4 +35,4 @@ def get_store(settings: Settings) -> ServiceStore:
             f"(choose one of {', '.join(sorted(_BACKENDS))})"
         ) from None
     cls: type[ServiceStore] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(settings)
+    return cls(settings, migrate=migrate)

@@ -83,8 +83,9 @@ class ServiceStore(abc.ABC):
     :class:`~aiosvc.exceptions.StoreError` when the store cannot be reached.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         self.settings = settings
+        self.migrate = migrate
 
     @property
     def service_down_time(self) -> float:
@@ -93,6 +94,9 @@ class ServiceStore(abc.ABC):
     @abc.abstractmethod
     async def connect(self) -> None:
         """Connect, and bring the schema up to date (idempotent, safe when many start at once).
+
+        With ``migrate=False`` (operator commands that only read or change rows) the schema
+        is left alone, and an out-of-date one is an error that says to run ``db upgrade``.
 
         Raises:
             StoreError: unreachable, refused or bad credentials; never shows a password.

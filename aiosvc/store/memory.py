@@ -78,8 +78,14 @@ class MemoryStore(ServiceStore):
             construction, through the ``now`` attribute).
     """
 
-    def __init__(self, settings: Settings, *, now: Callable[[], datetime] | None = None) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: Callable[[], datetime] | None = None,
+        migrate: bool = True,
+    ) -> None:
+        super().__init__(settings, migrate=migrate)
         self.now: Callable[[], datetime] = now or _utcnow
         self._key = urlsplit(settings.database_url).netloc
         self._connected = False

@@ -305,8 +305,8 @@ class PostgresStore(ServiceStore):
         ConfigError: an aiosvc option in the URL's query has a bad value.
     """
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+        super().__init__(settings, migrate=migrate)
         self._opts = _options(settings.database_url)
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._connecting = asyncio.Lock()
@@ -340,7 +340,7 @@ class PostgresStore(ServiceStore):
             raise _error("cannot connect to database", opts, exc) from None
         try:
             async with pool.acquire(timeout=opts.connect_timeout) as con:
-                applied = await _migrate(con)
+                applied = await _migrate(con) if self.migrate else []
                 version = await _version(con)
         except _DB_ERRORS as exc:
             pool.terminate()
@@ -348,6 +348,12 @@ class PostgresStore(ServiceStore):
         except BaseException:
             pool.terminate()
             raise
+        if version < latest_version():
+            pool.terminate()
+            raise StoreError(
+                f"database {opts.shown} has schema version {version}, this aiosvc needs "
+                f"{latest_version()}: run `python -m aiosvc db upgrade` (or start a service)"
+            )
         for number in applied:
             log.info("database %s: applied schema migration %04d", opts.shown, number)
         log.info("connected to database %s (schema version %d)", opts.shown, version)
