@@ -95,10 +95,18 @@ class FileVolumeDriver(VolumeDriver):
             raise VolumeNotFound(volume_id) from None
 
     async def list(self) -> list[dict[str, Any]]:
-        directory = Path(self.settings.volume_dir)
-        if not directory.is_dir():
-            return []
-        return [
-            {"id": p.stem, "size_gb": p.stat().st_size // 2**30, "driver": "file", "path": str(p)}
-            for p in sorted(directory.glob("*.img"))
-        ]
+        def scan() -> list[dict[str, Any]]:
+            directory = Path(self.settings.volume_dir)
+            if not directory.is_dir():
+                return []
+            return [
+                {
+                    "id": p.stem,
+                    "size_gb": p.stat().st_size // 2**30,
+                    "driver": "file",
+                    "path": str(p),
+                }
+                for p in sorted(directory.glob("*.img"))
+            ]
+
+        return await anyio.to_thread.run_sync(scan)
