@@ -80,6 +80,8 @@ class FakeClock:
 
         After each wake-up it waits until every task is blocked again, so what a woken
         task does (including sleeping again within the window) happens before time moves on.
+        Work a task hands to a worker thread (a ``def`` periodic task, say) counts as
+        blocked: wait for its effect with :func:`wait_until`.
         """
         if seconds < 0:
             raise ValueError("a clock cannot go back")
