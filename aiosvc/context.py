@@ -70,8 +70,7 @@ class Context:
             return cls()
         if not isinstance(data, Mapping):
             raise MalformedMessage(f"context must be an object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known and v is not None}
+        values = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
         for key in ("request_id", "global_request_id", "user_id", "project_id"):
             if key in values and not isinstance(values[key], str):
                 raise MalformedMessage(f"context field {key!r} must be a string")
@@ -93,6 +92,8 @@ class Context:
             global_request_id=self.global_request_id or self.request_id,
         )
 
+
+_FIELDS = frozenset(f.name for f in fields(Context))
 
 current_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
     "aiosvc_context", default=None

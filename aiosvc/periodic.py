@@ -205,20 +205,12 @@ class PeriodicTask:
                         await result
                 self.runs += 1
                 return True
-            except anyio.get_cancelled_exc_class():
-                if cancel_requested():
-                    raise
-                # The task raised CancelledError itself (it awaited a future someone
-                # cancelled): a failure like any other. Let through, it would end the
-                # runner's task group and so every periodic task, without a word.
-                self.runs += 1
-                self.failures += 1
-                if raise_on_error:
-                    raise
-                with use_context(ctx):
-                    log.exception("Error during periodic task %s", self.name)
-                return False
-            except Exception:
+            except (Exception, anyio.get_cancelled_exc_class()) as exc:
+                if not isinstance(exc, Exception) and cancel_requested():
+                    raise  # a real cancellation: the service is stopping
+                # Anything else is a failure of this run, a CancelledError the task raised
+                # itself included (it awaited a future someone cancelled): let through, it
+                # would end the runner's task group, and so every task, without a word.
                 self.runs += 1
                 self.failures += 1
                 if raise_on_error:

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,7 @@ async def serve_raw(url: str, topic: str) -> None:
                     json.dumps({"result": result}).encode(), correlation_id=message.correlation_id
                 ),
                 routing_key=message.reply_to,
+                mandatory=False,  # as aiosvc: RabbitMQ 3.10 returns direct replies spuriously
             )
         await message.ack()
 
@@ -310,6 +312,8 @@ def main() -> None:
         impl, url, topic = sys.argv[2:5]
         asyncio.run(serve_raw(url, topic) if impl == "raw" else serve_aiosvc(url, topic))
         return
+    # SIGTERM unwinds like Ctrl-C, so the throwaway broker is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--amqp-url", help="broker to use (default: start a throwaway node)")
     parser.add_argument("--runs", type=int, default=3)

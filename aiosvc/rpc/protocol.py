@@ -18,6 +18,7 @@ Nova: oslo.messaging's ``{'oslo.version': '2.0', 'oslo.message': ...}`` envelope
 
 from __future__ import annotations
 
+import functools
 import importlib
 import traceback
 from collections.abc import Iterable
@@ -222,6 +223,7 @@ def _rebuild_allowed(module: str, qualname: str, args: Any, message: str) -> Bas
             return None
 
 
+@functools.lru_cache(maxsize=256)
 def parse_version(version: str) -> tuple[int, int, int]:
     """``"1.2"`` or ``"1.2.3"`` as a tuple.
 

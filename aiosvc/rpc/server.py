@@ -1,6 +1,6 @@
 """The RPC server: a dispatcher bound to a service's consumers.
 
-Each delivered message is handled in a task of the server's own task group; at most
+Each delivered message is handled in a task the server owns; at most
 ``rpc_max_concurrency`` handlers run at once (the transport's prefetch also bounds how many
 messages each queue delivers ahead). A message is acknowledged
 only after its handler finished and the reply (for a call) was sent: at least once.
@@ -15,11 +15,12 @@ Nova: ``oslo_messaging.rpc.server`` (stop, then wait) and nova's graceful shutdo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from ..context import use_context
 from ..exceptions import InvalidArguments, MalformedMessage, NoSuchMethod, UnsupportedVersion
@@ -53,37 +54,72 @@ class RPCServer:
         self.host = host
         self.settings = settings
         self.consumer: Consumer | None = None
-        self.in_flight = 0
         self.handled = 0
-        self._idle = anyio.Event()
+        self._label = f"{topic}@{host}"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
         self._idle.set()
-        self._tg: TaskGroup | None = None
+        self._accepting = False
         self._done = anyio.Event()
         # The transport's prefetch applies per queue (three per service); this bounds the
         # handlers running at once across all of them, as rpc_max_concurrency promises.
-        self._limiter = anyio.CapacityLimiter(settings.rpc_max_concurrency)
+        # asyncio's semaphore, not anyio's limiter: it does not yield when a slot is free,
+        # which saves a trip through the event loop per message.
+        self._limiter = asyncio.Semaphore(settings.rpc_max_concurrency)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages being handled now (delivered, not yet acknowledged)."""
+        return len(self._tasks)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Consume until :meth:`stop`; ``task_status.started()`` once queues are bound."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
+        """Consume until :meth:`stop`; ``task_status.started()`` once queues are bound.
+
+        Each message is handled in an asyncio task the server owns: it is tracked until it
+        ends, drained by :meth:`stop`, and cancelled and awaited if this ``run`` is
+        cancelled, so none outlives the server (what a task group would guarantee, at a
+        third of the cost per message on the hot path).
+        """
+        # Accept before consuming: a broker delivers as soon as basic.consume is through,
+        # before consume() returns, and a message dropped here would sit unacknowledged.
+        self._accepting = True
+        try:
             self.consumer = await self.transport.consume(
                 self.topic, self.host, self._on_message, prefetch=self.settings.rpc_max_concurrency
             )
             task_status.started()
             await self._done.wait()
-        self._tg = None
+        finally:
+            self._accepting = False
+            with anyio.CancelScope(shield=True):
+                await self._cancel_handlers()
 
     def _on_message(self, message: IncomingMessage) -> None:
-        if self._tg is None:  # delivered while shutting down: the broker will redeliver
+        if not self._accepting:
+            # Delivered after the server stopped, as its consumer closes: the message is
+            # not acknowledged, so the broker gives it to another consumer.
             return
-        self.in_flight += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._tg.start_soon(self._handle, message, name=f"rpc {message.message_id}")
+        task = asyncio.get_running_loop().create_task(self._handle(message))
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+
+    async def _cancel_handlers(self) -> int:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     async def _handle(self, message: IncomingMessage) -> None:
         # The transport's delivery task is not ours: name the service for log lines.
-        current_service.set(f"{self.topic}@{self.host}")
+        current_service.set(self._label)
         try:
             try:
                 request = decode_request(message.body)
@@ -119,10 +155,6 @@ class RPCServer:
             # A transport failure while replying or acknowledging: the message stays
             # unacknowledged and the broker redelivers it.
             log.exception("Could not finish message %s", message.message_id)
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
 
     async def pause_shared(self) -> None:
         """Stop taking work from the shared queue (the service was disabled)."""
@@ -156,8 +188,7 @@ class RPCServer:
                 timeout,
                 cancelled,
             )
-            if self._tg is not None:
-                self._tg.cancel_scope.cancel()
+            await self._cancel_handlers()
         if self.consumer is not None:
             await self.consumer.close()
         self._done.set()
