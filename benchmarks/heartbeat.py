@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per N")
     parser.add_argument("--report-interval", type=float, default=10.0)
     parser.add_argument("--pool", type=int, default=4, help="pool_max_size of the one store")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="with the throwaway cluster: turn fsync and synchronous_commit back on "
+        "(the test cluster runs without them), as a production database would",
+    )
     args = parser.parse_args(argv)
 
     if args.database_url:
@@ -172,6 +178,20 @@ def main(argv: list[str] | None = None) -> None:
         from tests.servers import PostgresCluster  # the test session's throwaway servers
 
         with PostgresCluster() as cluster:
+            if args.durable:
+                cluster.psql(
+                    "ALTER SYSTEM SET fsync = on",
+                    "ALTER SYSTEM SET synchronous_commit = on",
+                    "ALTER SYSTEM SET full_page_writes = on",
+                    "SELECT pg_reload_conf()",
+                )
+            settings = cluster.psql(
+                "SELECT current_setting('fsync'), current_setting('synchronous_commit')"
+            )
+            print(
+                f"throwaway cluster: fsync, synchronous_commit = {settings.strip()}",
+                file=sys.stderr,
+            )
             runs = asyncio.run(run_all(cluster.url, args))
     print()
     print("\n".join(_table(runs, args.report_interval)))
