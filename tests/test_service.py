@@ -390,3 +390,16 @@ async def test_transport_given_by_the_caller_is_not_closed(aiosvc_settings: Sett
             assert await client.call(None, "echo", value="ok") == "ok"
     finally:
         await transport.close()
+
+
+async def test_serve_in_your_own_task_group(aiosvc_settings: Settings) -> None:
+    service = Service.create(Recorder, settings=aiosvc_settings)
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.serve)  # returns once started
+        assert service.started
+        async with aiosvc.connect(aiosvc_settings) as transport:
+            assert await aiosvc.RPCClient(transport, "recorder").call(None, "echo", value=7) == 7
+        await service.stop()
+    assert not service.started
+    assert isinstance(service.manager, Recorder)
+    assert service.manager.events[-1] == "cleanup_host"
