@@ -174,6 +174,7 @@ def test_service_recovers_from_a_broker_restart(
                             raise
 
         took = asyncio.run(answered_again())
+        print(f"answered again {took:.2f} s after start_app")  # shown with -rP
         assert took <= 10
         entries = wait_journal(
             journal_path,
