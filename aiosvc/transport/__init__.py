@@ -1,13 +1,14 @@
-"""Message transports, picked lazily by URL scheme (only the one in use is imported)."""
+"""Message transports, picked lazily by URL scheme (only the one in use is imported).
+
+The scheme table is :data:`aiosvc.backends.TRANSPORTS`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
-from ..exceptions import ConfigError
+from ..backends import TRANSPORTS, backend_class
 from ..settings import Settings
 from .base import Consumer, IncomingMessage, MessageCallback, Transport
 
@@ -18,13 +19,17 @@ __all__ = [
     "Transport",
     "connect",
     "get_transport",
+    "transport_class",
 ]
 
-_BACKENDS = {
-    "memory": "aiosvc.transport.memory:MemoryTransport",
-    "amqp": "aiosvc.transport.amqp:AMQPTransport",
-    "amqps": "aiosvc.transport.amqp:AMQPTransport",
-}
+
+def transport_class(url: str) -> type[Transport]:
+    """The :class:`Transport` class that serves ``url``'s scheme (imported now).
+
+    Raises:
+        ConfigError: the scheme names no transport.
+    """
+    return backend_class(TRANSPORTS, "transport_url", url, Transport)
 
 
 def get_transport(settings: Settings) -> Transport:
@@ -33,16 +38,7 @@ def get_transport(settings: Settings) -> Transport:
     Raises:
         ConfigError: the URL's scheme names no transport.
     """
-    scheme = urlsplit(settings.transport_url).scheme
-    try:
-        module_name, _, cls_name = _BACKENDS[scheme].partition(":")
-    except KeyError:
-        raise ConfigError(
-            f"transport_url: no transport for scheme {scheme!r} "
-            f"(choose one of {', '.join(sorted(_BACKENDS))})"
-        ) from None
-    cls: type[Transport] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(settings)
+    return transport_class(settings.transport_url)(settings)
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..settings import Settings
 
@@ -67,7 +67,7 @@ class IncomingMessage(Protocol):
 MessageCallback = Callable[[IncomingMessage], None]
 """Called by the transport, on the event loop, once per delivered message.
 
-It must return at once (the RPC server spawns the handling into its own task group);
+It must return at once (the RPC server hands the handling to a task of its own);
 the transport bounds how many messages are delivered and not yet acknowledged by
 the ``prefetch`` given to :meth:`Transport.consume`.
 """
@@ -103,8 +103,12 @@ class Transport(abc.ABC):
     """A connection to a message broker, chosen by the scheme of ``settings.transport_url``.
 
     Implementations: :mod:`aiosvc.transport.memory` (``memory://``) and
-    :mod:`aiosvc.transport.amqp` (``amqp://``, ``amqps://``).
+    :mod:`aiosvc.transport.amqp` (``amqp://``, ``amqps://``); the scheme table is
+    :data:`aiosvc.backends.TRANSPORTS`.
     """
+
+    in_process: ClassVar[bool] = False
+    """True when the broker lives in this process, so no other process can reach it."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

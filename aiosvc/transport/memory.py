@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from urllib.parse import urlsplit
 
 from ..exceptions import MessageUndeliverable, MessagingTimeout, TransportError
 from ..settings import Settings
+from . import topology
 from .base import Consumer, MessageCallback, Transport
 
 __all__ = ["Broker", "DeadLetter", "MemoryTransport", "get_broker", "reset_brokers"]
@@ -318,12 +318,12 @@ class MemoryConsumer(Consumer):
 
     def __init__(
         self,
-        transport: MemoryTransport,
         shared: _Subscription,
         server: _Subscription,
         fanout: _Subscription,
+        on_closed: Callable[[MemoryConsumer], None],
     ) -> None:
-        self._transport = transport
+        self._on_closed = on_closed
         self._shared = shared
         self._server = server
         self._fanout = fanout
@@ -362,7 +362,7 @@ class MemoryConsumer(Consumer):
         for sub in self._subs:
             sub.give_back()
         self._fanout.queue.broker.delete_queue(self._fanout.queue.name)
-        self._transport._consumers.discard(self)
+        self._on_closed(self)
 
 
 class MemoryTransport(Transport):
@@ -370,6 +370,8 @@ class MemoryTransport(Transport):
 
     Nova: ``oslo_messaging._drivers.impl_fake.FakeDriver`` (``fake://``).
     """
+
+    in_process = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -415,26 +417,21 @@ class MemoryTransport(Transport):
         """
         broker = self.broker
         exchange = self.settings.control_exchange
-        server_key = f"{topic}.{host}"
-        fanout_name = f"{topic}_fanout_{uuid.uuid4().hex}"
+        shared = topology.shared_queue(topic)
+        server = topology.server_queue(topic, host)
         subs = []
-        for name, exch, kind, key, auto_delete in (
-            (topic, exchange, "topic", topic, False),
-            (server_key, exchange, "topic", server_key, False),
-            (fanout_name, f"{topic}_fanout", "fanout", "", True),
+        for name, (exch, kind, key), auto_delete in (
+            (shared, topology.route(exchange, topic, None, False), False),
+            (server, topology.route(exchange, topic, host, False), False),
+            (topology.fanout_queue(topic), topology.route(exchange, topic, None, True), True),
         ):
             queue = broker.declare_queue(name, auto_delete=auto_delete)
             broker.bind(exch, kind, key, name)
             subs.append(_Subscription(queue, callback, prefetch))
-        consumer = MemoryConsumer(self, *subs)
+        consumer = MemoryConsumer(subs[0], subs[1], subs[2], on_closed=self._consumers.discard)
         consumer.start()
         self._consumers.add(consumer)
         return consumer
-
-    def _route(self, topic: str, server: str | None, fanout: bool) -> tuple[str, str]:
-        if fanout:
-            return f"{topic}_fanout", ""
-        return self.settings.control_exchange, f"{topic}.{server}" if server else topic
 
     async def cast(
         self,
@@ -451,7 +448,7 @@ class MemoryTransport(Transport):
             MessageUndeliverable: no queue is bound for ``topic``/``topic.server``.
             TransportError: not connected.
         """
-        exchange, key = self._route(topic, server, fanout)
+        exchange, _, key = topology.route(self.settings.control_exchange, topic, server, fanout)
         routed = self.broker.publish(exchange, key, _Message(bytes(body), message_id))
         if not routed and not fanout:
             raise MessageUndeliverable(f"no queue is bound for {key!r} on {exchange!r}")
@@ -474,7 +471,7 @@ class MemoryTransport(Transport):
         """
         broker = self.broker
         loop = asyncio.get_running_loop()
-        exchange, key = self._route(topic, server, False)
+        exchange, _, key = topology.route(self.settings.control_exchange, topic, server, False)
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[message_id] = future
         try:

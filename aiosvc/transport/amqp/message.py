@@ -1,0 +1,89 @@
+"""A message RabbitMQ delivered to a service: :class:`AMQPIncomingMessage`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiormq
+from aiormq.abc import DeliveredMessage
+
+from .channel import AMQP_ERRORS
+
+__all__ = ["AMQPIncomingMessage", "SendReply"]
+
+log = logging.getLogger(__name__)
+
+SendReply = Callable[[str, str | None, bytes], Awaitable[None]]
+"""``send_reply(reply_to, correlation_id, body)``: how a reply goes back to its caller."""
+
+
+class AMQPIncomingMessage:
+    """A message delivered by RabbitMQ (implements ``IncomingMessage``).
+
+    Acknowledgements go to the channel the message came on: after a reconnect the
+    broker has already requeued it, and its delivery tag means nothing elsewhere.
+
+    Nova: ``oslo_messaging._drivers.amqpdriver.AMQPIncomingMessage``.
+    """
+
+    __slots__ = ("_message", "_send_reply", "_settled")
+
+    def __init__(self, message: DeliveredMessage, send_reply: SendReply) -> None:
+        self._message = message
+        self._send_reply = send_reply
+        self._settled = False
+
+    @property
+    def body(self) -> bytes:
+        """The encoded envelope."""
+        return self._message.body
+
+    @property
+    def message_id(self) -> str:
+        """The publisher's ``message_id``, or ``"-"``."""
+        return self._message.header.properties.message_id or "-"
+
+    @property
+    def redelivered(self) -> bool:
+        """The broker's ``redelivered`` flag."""
+        delivery = self._message.delivery
+        return bool(isinstance(delivery, aiormq.spec.Basic.Deliver) and delivery.redelivered)
+
+    @property
+    def reply_expected(self) -> bool:
+        """True for a call (the request has ``reply_to``)."""
+        return self._message.header.properties.reply_to is not None
+
+    async def reply(self, body: bytes) -> None:
+        """Send ``body`` to the caller's direct reply-to address; dropped if it is gone."""
+        properties = self._message.header.properties
+        if properties.reply_to is not None:
+            await self._send_reply(
+                properties.reply_to, properties.correlation_id or properties.message_id, body
+            )
+
+    async def ack(self) -> None:
+        """``basic.ack``; a no-op when settled already or the channel is gone (requeued)."""
+        await self._settle(requeue=None)
+
+    async def reject(self) -> None:
+        """``basic.reject`` without requeue: the queue dead-letters it to ``<exchange>.dlx``."""
+        await self._settle(requeue=False)
+
+    async def _settle(self, *, requeue: bool | None) -> None:
+        if self._settled:
+            return  # a second ack would close the channel (unknown delivery tag)
+        self._settled = True
+        tag = self._message.delivery_tag
+        channel = self._message.channel
+        if tag is None or channel.is_closed:
+            log.debug("not settling %s: its channel is closed (it is requeued)", self.message_id)
+            return
+        try:
+            if requeue is None:
+                await channel.basic_ack(tag)
+            else:
+                await channel.basic_reject(tag, requeue=requeue)
+        except AMQP_ERRORS as exc:
+            log.debug("settling %s failed (%s); the broker requeues it", self.message_id, exc)

@@ -1,0 +1,327 @@
+"""The RabbitMQ transport: :class:`AMQPTransport`.
+
+Channels, one per concern, so none waits on another:
+
+* publishing (publisher confirms): casts, confirmed one by one but pipelined;
+* calls (publisher confirms): requests go out ``mandatory`` with direct reply-to, whose
+  replies are consumed on this same channel (:mod:`.replies`);
+* replies (no confirms): what servers send back, without ``mandatory`` (RabbitMQ 3.10
+  returns direct reply-to replies spuriously although it delivers them);
+* one consuming channel per :meth:`AMQPTransport.consume` (:mod:`.consumer`).
+
+Consumers use a connection of their own: RabbitMQ blocks a connection that publishes
+during a resource alarm, and acks must still flow then.
+
+Casts and calls made while the broker is unreachable wait for it, up to the call's timeout
+(``rpc_response_timeout`` for a cast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import sys
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
+from aiormq.abc import DeliveredMessage
+
+from ...exceptions import MessageUndeliverable, MessagingTimeout, TransportError
+from ...log import one_line
+from ...settings import Settings, redact_url
+from .. import topology
+from ..base import Consumer, MessageCallback, Transport
+from .channel import AMQP_ERRORS, ChannelKeeper, Properties
+from .consumer import AMQPConsumer
+from .declare import Declarer
+from .replies import REPLY_TO, PendingCalls
+
+__all__ = ["AMQPTransport"]
+
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT = 30.0
+_RECONNECT_INTERVAL = "1"
+
+
+class AMQPTransport(Transport):
+    """Talks to RabbitMQ with the topology of DESIGN section 3.
+
+    A call's ``message_id`` is its ``correlation_id``: it must be unique among the calls
+    a transport has in flight (the RPC layer uses uuid4).
+
+    Nova: ``oslo_messaging._drivers.impl_rabbit.RabbitDriver``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._url = settings.transport_url
+        self._password = make_url(self._url).password
+        self._declarer = Declarer(settings)
+        self._pending = PendingCalls()
+        self._connection: AbstractRobustConnection | None = None
+        self._consumer_connection: AbstractRobustConnection | None = None
+        self._publisher: ChannelKeeper | None = None
+        self._caller: ChannelKeeper | None = None
+        self._replier: ChannelKeeper | None = None
+        self._consumers: set[AMQPConsumer] = set()
+        self._connect_lock = asyncio.Lock()
+
+    # -- connections --------------------------------------------------------
+
+    def _failure(self, what: str, exc: BaseException) -> TransportError:
+        """One line naming the broker (without its password) and the cause."""
+        return TransportError(
+            f"{what} AMQP broker {redact_url(self._url)}: {one_line(exc, secret=self._password)}"
+        )
+
+    async def _open_connection(self, purpose: str) -> AbstractRobustConnection:
+        url = make_url(self._url)
+        if "reconnect_interval" not in url.query:
+            url = url.update_query(reconnect_interval=_RECONNECT_INTERVAL)
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+        properties = (
+            {} if "name" in url.query else {"connection_name": f"{prog}:{os.getpid()}:{purpose}"}
+        )
+        connection = aio_pika.RobustConnection(url, client_properties=properties)
+        try:
+            await connection.connect(timeout=_CONNECT_TIMEOUT)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if isinstance(exc, Exception):
+                raise self._failure("cannot connect to", exc) from None
+            raise
+        return connection
+
+    async def connect(self) -> None:
+        """Open the publishing connection with its publish, call and reply channels.
+
+        Raises:
+            TransportError: the broker is unreachable or refused the login; the
+                message shows the URL without its password.
+        """
+        if self._connection is not None:
+            return
+        connection = await self._open_connection("client")
+        try:
+            publisher = ChannelKeeper(
+                "casts", connection, confirms=True, on_lost=self._declarer.forget
+            )
+            caller = ChannelKeeper(
+                "calls",
+                connection,
+                confirms=True,
+                setup=self._pending.consume,
+                on_lost=self._on_call_channel_lost,
+            )
+            replier = ChannelKeeper("replies", connection)
+            for keeper in (publisher, caller, replier):
+                await keeper.start()
+        except AMQP_ERRORS as exc:
+            await connection.close()
+            raise self._failure("cannot open channels on", exc) from None
+        self._connection = connection
+        self._publisher, self._caller, self._replier = publisher, caller, replier
+        log.info("connected to AMQP broker %s", redact_url(self._url))
+
+    async def close(self) -> None:
+        """Close every consumer, fail waiting calls, close the connections. Idempotent."""
+        for consumer in list(self._consumers):
+            await consumer.close()
+        self._pending.fail_all(TransportError("AMQP transport closed"))
+        for keeper in (self._publisher, self._caller, self._replier):
+            if keeper is not None:
+                await keeper.close()
+        self._publisher = self._caller = self._replier = None
+        for connection in (self._connection, self._consumer_connection):
+            if connection is not None:
+                with contextlib.suppress(*AMQP_ERRORS, RuntimeError):
+                    await connection.close()
+        self._connection = self._consumer_connection = None
+        self._declarer.forget()
+
+    def _on_call_channel_lost(self, channel: object) -> None:
+        # After a reconnect the broker may be a new one (or someone deleted an exchange,
+        # which is what closed the channel): declare exchanges again on next use.
+        self._declarer.forget()
+        self._pending.fail_all()
+
+    # -- consuming ----------------------------------------------------------
+
+    async def consume(
+        self, topic: str, host: str, callback: MessageCallback, *, prefetch: int
+    ) -> Consumer:
+        """Declare the topology for ``topic``/``host`` and start consuming.
+
+        Returns once the queues are bound and the three consumers attached. The
+        consumers use a connection of their own, named after the first topic.
+
+        Args:
+            topic: the shared queue and the prefix of the others.
+            host: this server's name; its own queue is ``topic.host``.
+            callback: called on the loop once per delivered message.
+            prefetch: ``basic.qos`` per consumer: most messages delivered and not yet
+                acked on each queue (0: no bound).
+
+        Raises:
+            TransportError: not connected, the broker is unreachable, or it refused the
+                declarations (e.g. a queue exists with other arguments).
+        """
+        if self._connection is None:
+            raise TransportError("AMQP transport is not connected")
+        async with self._connect_lock:
+            if self._consumer_connection is None:
+                self._consumer_connection = await self._open_connection(topic)
+        consumer = AMQPConsumer(
+            self._consumer_connection,
+            self._declarer,
+            self._send_reply,
+            topic=topic,
+            host=host,
+            callback=callback,
+            prefetch=prefetch,
+            on_closed=self._consumers.discard,
+        )
+        try:
+            await consumer.start()
+        except BaseException as exc:
+            await consumer.close()
+            if not isinstance(exc, AMQP_ERRORS):
+                raise
+            raise self._failure(f"cannot consume {topic!r} on", exc) from None
+        self._consumers.add(consumer)
+        return consumer
+
+    # -- publishing ---------------------------------------------------------
+
+    async def cast(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str,
+        server: str | None = None,
+        fanout: bool = False,
+    ) -> None:
+        """Publish persistently and wait for the broker's confirm.
+
+        While the broker is unreachable the cast waits for it, up to
+        ``rpc_response_timeout``.
+
+        Raises:
+            MessageUndeliverable: no queue is bound for ``topic``/``topic.server``.
+            TransportError: the broker is unreachable, refused the message, or the
+                connection dropped before the confirm (it may or may not have it).
+        """
+        keeper = self._publisher
+        if keeper is None:
+            raise TransportError("AMQP transport is not connected")
+        route = topology.route(self._declarer.exchange, topic, server, fanout)
+        try:
+            channel = keeper.usable()
+            if channel is None:
+                async with asyncio.timeout(self.settings.rpc_response_timeout):
+                    channel = await keeper.get()
+            await self._declarer.exchange_for(channel, route)
+            result: object = await channel.basic_publish(
+                body,
+                exchange=route.exchange,
+                routing_key=route.routing_key,
+                properties=Properties(delivery_mode=2, message_id=message_id),
+                mandatory=not fanout,
+            )
+        except TimeoutError:
+            raise TransportError(
+                f"cast {message_id} not sent: AMQP broker {redact_url(self._url)} unreachable"
+            ) from None
+        except TransportError:
+            raise
+        except aiormq.exceptions.DeliveryError as exc:
+            raise TransportError(f"AMQP broker refused cast {message_id}: {exc}") from None
+        except AMQP_ERRORS as exc:
+            raise self._failure(f"cast {message_id} not confirmed by", exc) from None
+        if isinstance(result, DeliveredMessage):
+            raise MessageUndeliverable(
+                f"no queue is bound for {route.routing_key!r} on {route.exchange!r}"
+            )
+
+    async def call(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        message_id: str,
+        timeout: float,
+        server: str | None = None,
+    ) -> bytes:
+        """Publish a request with direct reply-to and wait for the reply.
+
+        The request is ``mandatory`` and expires in the broker after ``timeout``;
+        one deadline covers waiting for the broker, publishing and the reply.
+
+        Raises:
+            MessagingTimeout: no reply within ``timeout`` (also while the broker is down).
+            MessageUndeliverable: no queue is bound for the target.
+            TransportError: the connection was lost while waiting for the reply.
+        """
+        keeper = self._caller
+        if keeper is None:
+            raise TransportError("AMQP transport is not connected")
+        route = topology.route(self._declarer.exchange, topic, server, False)
+        channel = None
+        try:
+            async with asyncio.timeout(timeout):
+                channel = keeper.usable() or await keeper.get()
+                await self._declarer.exchange_for(channel, route)
+                reply = self._pending.expect(message_id)
+                result: object = await channel.basic_publish(
+                    body,
+                    exchange=route.exchange,
+                    routing_key=route.routing_key,
+                    properties=Properties(
+                        message_id=message_id,
+                        correlation_id=message_id,
+                        reply_to=REPLY_TO,
+                        expiration=str(max(1, math.ceil(timeout * 1000))),
+                    ),
+                    mandatory=True,
+                )
+                if isinstance(result, DeliveredMessage):
+                    raise MessageUndeliverable(
+                        f"no queue is bound for {route.routing_key!r} on {route.exchange!r}"
+                    )
+                return await reply
+        except TimeoutError:
+            why = "" if channel is not None else " (the AMQP broker is unreachable)"
+            raise MessagingTimeout(
+                f"Timed out waiting for a reply to message ID {message_id}{why}"
+            ) from None
+        except TransportError:  # the connection was lost (PendingCalls.fail_all)
+            raise
+        except aiormq.exceptions.DeliveryError as exc:
+            raise TransportError(f"AMQP broker refused call {message_id}: {exc}") from None
+        except AMQP_ERRORS as exc:
+            raise self._failure(f"call {message_id} failed on", exc) from None
+        finally:
+            self._pending.discard(message_id)
+
+    async def _send_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        channel = self._replier.usable() if self._replier is not None else None
+        if channel is None:
+            # The caller's reply-to died with the connection too; nothing to wait for.
+            log.warning("dropping reply to %s: not connected to the AMQP broker", correlation_id)
+            return
+        try:
+            await channel.basic_publish(
+                body,
+                routing_key=reply_to,
+                properties=Properties(correlation_id=correlation_id, message_id=correlation_id),
+            )
+        except AMQP_ERRORS as exc:
+            log.warning("dropping reply to %s: %s", correlation_id, exc)
