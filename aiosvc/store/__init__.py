@@ -1,21 +1,24 @@
-"""Service stores, picked lazily by URL scheme (only the one in use is imported)."""
+"""Service stores, picked lazily by URL scheme (only the one in use is imported).
+
+The scheme table is :data:`aiosvc.backends.STORES`.
+"""
 
 from __future__ import annotations
 
-import importlib
-from urllib.parse import urlsplit
-
-from ..exceptions import ConfigError
+from ..backends import STORES, backend_class
 from ..settings import Settings
 from .base import ServiceRecord, ServiceStore
 
-__all__ = ["ServiceRecord", "ServiceStore", "get_store"]
+__all__ = ["ServiceRecord", "ServiceStore", "get_store", "store_class"]
 
-_BACKENDS = {
-    "memory": "aiosvc.store.memory:MemoryStore",
-    "postgresql": "aiosvc.store.postgres:PostgresStore",
-    "postgres": "aiosvc.store.postgres:PostgresStore",
-}
+
+def store_class(url: str) -> type[ServiceStore]:
+    """The :class:`ServiceStore` class that serves ``url``'s scheme (imported now).
+
+    Raises:
+        ConfigError: the scheme names no store.
+    """
+    return backend_class(STORES, "database_url", url, ServiceStore)
 
 
 def get_store(settings: Settings, *, migrate: bool = True) -> ServiceStore:
@@ -26,13 +29,4 @@ def get_store(settings: Settings, *, migrate: bool = True) -> ServiceStore:
     Raises:
         ConfigError: the URL's scheme names no store.
     """
-    scheme = urlsplit(settings.database_url).scheme
-    try:
-        module_name, _, cls_name = _BACKENDS[scheme].partition(":")
-    except KeyError:
-        raise ConfigError(
-            f"database_url: no store for scheme {scheme!r} "
-            f"(choose one of {', '.join(sorted(_BACKENDS))})"
-        ) from None
-    cls: type[ServiceStore] = getattr(importlib.import_module(module_name), cls_name)
-    return cls(settings, migrate=migrate)
+    return store_class(settings.database_url)(settings, migrate=migrate)
