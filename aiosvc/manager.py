@@ -17,17 +17,22 @@ from __future__ import annotations
 
 import inspect
 import logging
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from .clock import Clock, MonotonicClock
 from .context import Context
 from .periodic import PeriodicRunner, collect_periodic_specs
 from .settings import Settings
 
-__all__ = ["Manager"]
+__all__ = ["Manager", "default_binary"]
 
 log = logging.getLogger(__name__)
+
+
+def default_binary(topic: str | None) -> str:
+    """The service's binary name when none is given: ``aiosvc-<topic>`` (Nova: ``nova-<topic>``)."""
+    return f"aiosvc-{topic or 'undefined'}"
 
 
 class Manager:
@@ -42,6 +47,8 @@ class Manager:
         settings: defaults to ``settings_class.load()``; other settings are upgraded to
             ``settings_class`` so the manager's own options are read.
         service_name: the service's binary, e.g. ``aiosvc-volume``; set by the Service.
+        clock: where the periodic tasks (and the service's state reports) read the time;
+            the event loop's clock by default, a :class:`~aiosvc.testing.FakeClock` in tests.
     """
 
     topic: ClassVar[str | None] = None
@@ -56,12 +63,14 @@ class Manager:
         host: str | None = None,
         settings: Settings | None = None,
         service_name: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if settings is None:
             settings = self.settings_class.load()
-        self.settings: Settings = settings.upgrade(self.settings_class)
-        self.host: str = host or self.settings.host or socket.gethostname()
-        self.service_name: str = service_name or f"aiosvc-{self.topic or 'undefined'}"
+        self.settings: Settings = settings.reload_as(self.settings_class)
+        self.host: str = host or self.settings.host
+        self.service_name: str = service_name or default_binary(self.topic)
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.last_capabilities: dict[str, Any] | None = None
         self.service_record: Any = None
         self._periodic: PeriodicRunner | None = None
@@ -89,7 +98,7 @@ class Manager:
     def periodic(self) -> PeriodicRunner:
         """The runner of this manager's periodic tasks (created on first use)."""
         if self._periodic is None:
-            self._periodic = PeriodicRunner(self, self.settings)
+            self._periodic = PeriodicRunner(self, self.settings, self.clock)
         return self._periodic
 
     async def periodic_tasks(

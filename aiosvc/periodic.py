@@ -11,38 +11,37 @@ Scheduling rules (DESIGN section 3, oslo.service then better):
   spacing after the service starts, plus a random ``0..periodic_fuzzy_delay`` so a fleet
   restarted at once does not stampede.
 * Drift-free: each run is scheduled at the previous *scheduled* start plus ``spacing``, so
-  the time a run takes never shifts the phase. A run that overruns its slot skips the slots
-  it missed (logged) and never bursts to catch up.
+  the time a run takes never shifts the phase. A run covers every slot up to the moment it
+  started (a late run that starts exactly on a later slot serves that slot too). Slots that
+  pass while it runs are skipped (logged), except the one it ends exactly on: it never
+  bursts to catch up.
 * Runs of one task never overlap; different tasks run concurrently, each a task of its own.
 * An exception is logged with its traceback and the task keeps its schedule.
 * Sync (``def``) tasks run in a worker thread, so they never block the event loop.
 
-Time comes from a :class:`Clock`, so tests drive schedules with a fake one
-(:class:`aiosvc.testing.FakeClock`) instead of sleeping.
+Time comes from the :class:`~aiosvc.clock.Clock` the manager was given, so tests drive
+schedules with a fake one (:class:`aiosvc.testing.FakeClock`) instead of sleeping.
 
 Nova: ``oslo_service.periodic_task`` and the dynamic looping call in ``nova.service``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import anyio
-import anyio.to_thread
 
+from .clock import Clock, MonotonicClock
 from .context import Context, use_context
 from .settings import Settings
+from .tasks import as_async, cancel_requested
 
 __all__ = [
-    "Clock",
-    "MonotonicClock",
     "PeriodicRunner",
     "PeriodicSpec",
     "PeriodicTask",
@@ -134,28 +133,6 @@ def collect_periodic_specs(cls: type) -> dict[str, PeriodicSpec]:
     return specs
 
 
-class Clock(Protocol):
-    """Where the periodic runner reads the time and waits; inject a fake one in tests."""
-
-    def now(self) -> float:
-        """Seconds on a monotonic scale."""
-        ...
-
-    async def sleep_until(self, deadline: float) -> None:
-        """Return once ``now() >= deadline``."""
-        ...
-
-
-class MonotonicClock:
-    """The event loop's monotonic clock."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep_until(self, deadline: float) -> None:
-        await anyio.sleep_until(deadline)
-
-
 @dataclass(eq=False)
 class PeriodicTask:
     """One task bound to its manager, with its schedule and counters."""
@@ -163,13 +140,12 @@ class PeriodicTask:
     name: str
     spacing: float
     run_immediately: bool
-    func: Callable[[Context], Any]
+    func: Callable[[Context], Awaitable[Any]]
     next_run: float | None = None
     runs: int = 0
     failures: int = 0
     missed: int = 0
     last_duration: float | None = None
-    running: bool = False
     _lock: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
 
     def schedule_first(self, now: float, fuzzy_delay: float = 0.0) -> None:
@@ -179,14 +155,22 @@ class PeriodicTask:
         else:
             self.next_run = now + self.spacing + random.uniform(0, fuzzy_delay)
 
-    def advance(self, now: float) -> int:
-        """Move to the next slot after a run; return how many slots were skipped."""
+    def advance(self, started: float, ended: float) -> int:
+        """Move to the next slot after a run from ``started`` to ``ended``.
+
+        The run covers every slot up to ``started``: one that started late, exactly on a
+        later slot, served that slot too. Slots that passed while it ran are skipped,
+        except one it ended exactly on. Returns how many slots were skipped that way.
+        """
         assert self.next_run is not None
-        nxt = self.next_run + self.spacing
+        spacing = self.spacing
+        nxt = self.next_run + spacing
+        if nxt <= started:
+            nxt += (math.floor((started - nxt) / spacing) + 1) * spacing
         skipped = 0
-        if now > nxt:
-            skipped = math.ceil((now - nxt) / self.spacing)
-            nxt += skipped * self.spacing
+        if ended > nxt:
+            skipped = math.ceil((ended - nxt) / spacing)
+            nxt += skipped * spacing
         self.next_run = nxt
         self.missed += skipped
         return skipped
@@ -194,15 +178,12 @@ class PeriodicTask:
     async def run_once(self, clock: Clock, *, raise_on_error: bool = False) -> bool:
         """Run the task now, never alongside another run of itself; True if it succeeded."""
         async with self._lock:
-            self.running = True
             started = clock.now()
             ctx = Context.admin()
             try:
                 with use_context(ctx):
                     log.debug("Running periodic task %s", self.name)
-                    result = self.func(ctx)
-                    if inspect.isawaitable(result):
-                        await result
+                    await self.func(ctx)
                 self.runs += 1
                 return True
             except (Exception, anyio.get_cancelled_exc_class()) as exc:
@@ -220,7 +201,26 @@ class PeriodicTask:
                 return False
             finally:
                 self.last_duration = clock.now() - started
-                self.running = False
+
+    async def run_slot(self, clock: Clock, *, raise_on_error: bool = False) -> None:
+        """Run the task for its due slot, then move its schedule on (see :meth:`advance`).
+
+        Even when the error is re-raised, the task has had its run for this slot (oslo
+        moves ``last_run`` before running): it is not due again at once.
+        """
+        started = clock.now()
+        try:
+            await self.run_once(clock, raise_on_error=raise_on_error)
+        finally:
+            skipped = self.advance(started, clock.now())
+            if skipped:
+                log.warning(
+                    "Periodic task %s skipped %d run(s): its run took %.3fs, its spacing is %.3fs",
+                    self.name,
+                    skipped,
+                    self.last_duration or 0.0,
+                    self.spacing,
+                )
 
 
 class PeriodicRunner:
@@ -233,7 +233,7 @@ class PeriodicRunner:
     """
 
     def __init__(self, owner: object, settings: Settings, clock: Clock | None = None) -> None:
-        self.clock: Clock = clock or MonotonicClock()
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
         self.settings = settings
         self.tasks: list[PeriodicTask] = []
         owner_name = type(owner).__name__
@@ -252,7 +252,7 @@ class PeriodicRunner:
                     name=name,
                     spacing=spec.spacing or settings.periodic_interval,
                     run_immediately=spec.run_immediately,
-                    func=_as_async(getattr(owner, attr)),
+                    func=as_async(getattr(owner, attr)),
                 )
             )
         self._stopping = False
@@ -267,19 +267,16 @@ class PeriodicRunner:
     async def run_due(self, *, raise_on_error: bool = False) -> float:
         """Run every task that is due, once each, in order; seconds until the next is due.
 
-        Nova: ``Manager.periodic_tasks`` / ``run_periodic_tasks`` (the returned value
-        is oslo's ``idle_for``). Without tasks it returns ``periodic_interval``.
+        Nova: ``Manager.periodic_tasks`` / ``run_periodic_tasks``. The returned value is
+        oslo's ``idle_for`` without its cap: oslo never returns more than 60 s
+        (``DEFAULT_INTERVAL``), this returns the real wait, however long. Without tasks it
+        returns ``periodic_interval``.
         """
         self._schedule(fuzzy_delay=0.0)
         for task in self.tasks:
             assert task.next_run is not None
             if task.next_run <= self.clock.now():
-                try:
-                    await task.run_once(self.clock, raise_on_error=raise_on_error)
-                finally:
-                    # Even when the error is re-raised, the task has had its run for this
-                    # slot (oslo moves last_run before running); it is not due again.
-                    self._note_skips(task, task.advance(self.clock.now()))
+                await task.run_slot(self.clock, raise_on_error=raise_on_error)
         if not self.tasks:
             return self.settings.periodic_interval
         now = self.clock.now()
@@ -301,8 +298,7 @@ class PeriodicRunner:
             self._sleep_scopes.pop(task, None)
             if self._stopping:
                 return
-            await task.run_once(self.clock)
-            self._note_skips(task, task.advance(self.clock.now()))
+            await task.run_slot(self.clock)
 
     def stop(self) -> None:
         """Start no new runs; tasks sleeping until their next run end now.
@@ -312,33 +308,3 @@ class PeriodicRunner:
         self._stopping = True
         for scope in list(self._sleep_scopes.values()):
             scope.cancel()
-
-    @staticmethod
-    def _note_skips(task: PeriodicTask, skipped: int) -> None:
-        if skipped:
-            log.warning(
-                "Periodic task %s skipped %d run(s): its run took %.3fs, its spacing is %.3fs",
-                task.name,
-                skipped,
-                task.last_duration or 0.0,
-                task.spacing,
-            )
-
-
-def cancel_requested() -> bool:
-    """Whether the current task is being cancelled (as opposed to a stray CancelledError)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:
-        return True
-    return task is None or task.cancelling() > 0
-
-
-def _as_async(method: Callable[[Context], Any]) -> Callable[[Context], Any]:
-    if inspect.iscoroutinefunction(method):
-        return method
-
-    async def in_thread(ctx: Context) -> Any:
-        return await anyio.to_thread.run_sync(method, ctx)
-
-    return in_thread

@@ -22,7 +22,7 @@ import pydantic
 from ..context import Context
 from ..exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from ..manager import Manager
-from ..periodic import cancel_requested
+from ..tasks import cancel_requested
 from .protocol import Request, dumps, version_is_compatible
 
 __all__ = ["Dispatcher"]
