@@ -4,7 +4,8 @@ Every record gets two attributes from context variables: ``service`` (``topic@ho
 of the service whose task wrote it, or ``-``) and ``request_id`` (of the RPC request
 or periodic run being handled, or ``-``). :func:`setup_logging` installs a readable
 format that shows both; embedders keep their own logging and may add
-:class:`ContextFilter` to their handlers.
+:class:`ContextFilter` to their handlers. :func:`one_line` turns any error into the one
+line that logs and the CLI show.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from .context import current_context
 
-__all__ = ["ContextFilter", "current_service", "setup_logging"]
+__all__ = ["ContextFilter", "current_service", "one_line", "setup_logging"]
 
 current_service: contextvars.ContextVar[str] = contextvars.ContextVar("aiosvc_service", default="-")
 
@@ -51,3 +52,21 @@ def setup_logging(level: str | int = "INFO") -> None:
     # aio-pika and aiormq are chatty at INFO about every reconnect attempt detail.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def one_line(exc: BaseException, *, secret: str | None = None) -> str:
+    """``exc`` as one line for a log or an error message; never shows ``secret``.
+
+    Its text with white space folded, ``"timed out"`` for a bare ``TimeoutError``, or its
+    type's name when it has no text. ``secret`` (a password) is replaced by ``***`` in a
+    URL's ``user:secret@``, and anywhere else once it is long enough not to be a common
+    word (4 characters or more).
+    """
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if secret:
+        text = text.replace(f":{secret}@", ":***@")
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

@@ -189,12 +189,14 @@ def rebuild_exception(failure: dict[str, Any], allowed: Iterable[str] = ()) -> B
     message = str(failure.get("message", ""))
     remote_tb = [str(line) for line in failure.get("traceback") or ()]
     module, _, qualname = type_name.rpartition(".")
+    own = getattr(exceptions, qualname, None) if module == exceptions.__name__ else None
     if (
-        module == exceptions.__name__
-        and qualname in exceptions.__all__
-        and qualname != "RemoteError"
+        qualname in exceptions.__all__
+        and isinstance(own, type)
+        and issubclass(own, exceptions.AiosvcError)
+        and own is not exceptions.RemoteError
     ):
-        exc: BaseException = getattr(exceptions, qualname)(message)
+        exc: BaseException = own(message)
     elif module and (module in allowed or type_name in allowed):
         exc = _rebuild_allowed(module, qualname, failure.get("args"), message) or RemoteError(
             type_name, message, remote_tb
