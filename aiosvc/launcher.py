@@ -108,7 +108,7 @@ async def _stop_all(services: list[Service], forced: asyncio.Event) -> bool:
     if not stops.done():
         stops.cancel()
         for service in services:
-            service.abort()
+            service.force_stop()
         with contextlib.suppress(BaseException):
             await stops
         for service in services:

@@ -5,10 +5,13 @@ revive the service record -> ``pre_start_hook`` -> start consumers -> ``post_sta
 -> periodic tasks and state reporting. ``start()`` returns when all of that is done: the
 queues are bound and the record is written.
 
-Stop order: stop consuming -> let in-flight handlers finish within
-``graceful_shutdown_timeout`` (what does not finish goes back to the queue) -> stop the
-periodic tasks (runs in progress finish within what is left of the timeout) ->
-``cleanup_host`` -> close connections.
+Stop order: stop consuming -> mark the service record stopped (so it shows down at once,
+as stopped, not crashed; bounded, and never failing the stop), while in-flight handlers
+finish within ``graceful_shutdown_timeout`` (what does not finish goes back to the
+queue) -> stop the periodic tasks (runs in progress finish within what is left of the
+timeout) -> ``cleanup_host`` -> close connections. Only a graceful stop marks the record:
+a service stopped by an error, cancelled, or forced to stop before its graceful stop began
+leaves it to turn down after ``service_down_time``, as a crashed process would.
 
 Everything a service starts lives in its anyio task group. A background task that
 crashes is logged and stops the service; :meth:`Service.wait` then raises its error.
@@ -26,17 +29,18 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskStatus
 
+from .clock import Clock
 from .exceptions import ConfigError, ServiceError, ServiceNotFound
 from .loading import load_object
 from .log import current_service
-from .manager import Manager
-from .periodic import Clock
+from .manager import Manager, default_binary
 from .rpc.dispatcher import Dispatcher
 from .rpc.server import RPCServer
 from .servicegroup import ServiceGroup
 from .settings import Settings
 from .store import ServiceStore, get_store
 from .store.base import ServiceRecord
+from .tasks import unwrap_group
 from .transport import Transport, get_transport
 
 __all__ = ["Service"]
@@ -66,18 +70,15 @@ class Service:
         settings: Settings | None = None,
         transport: Transport | None = None,
         store: ServiceStore | None = None,
-        clock: Clock | None = None,
     ) -> None:
         self.manager = manager
         self.topic = topic
         self.host = host
         self.binary = binary
         self.settings = settings or manager.settings
-        self._transport = transport
-        self._store = store
-        self._clock = clock
-        if clock is not None:
-            manager.periodic.clock = clock
+        # What the caller passed in stays the caller's to close; what is made here is ours.
+        self._owns_transport = transport is None
+        self._owns_store = store is None
         self.transport: Transport | None = transport
         self.store: ServiceStore | None = store
         self.servicegroup: ServiceGroup | None = None
@@ -87,7 +88,7 @@ class Service:
         self._stop_requested = anyio.Event()
         self._kill = False
         self._runner: asyncio.Task[None] | None = None
-        self._aborted = False
+        self._forced = False
         self._cleanup_scope: anyio.CancelScope | None = None
 
     @classmethod
@@ -111,6 +112,10 @@ class Service:
             host: defaults to ``settings.host`` (the machine's name).
             binary: defaults to ``aiosvc-<topic>``.
             settings: defaults to the manager's ``settings_class.load()``.
+            transport, store: connections the caller owns (neither opened nor closed
+                here); by default the service opens its own from the settings.
+            clock: given to the manager; its periodic tasks and the state reports read
+                the time from it (a :class:`~aiosvc.testing.FakeClock` in tests).
 
         Raises:
             LoadError: the import path does not name a Manager subclass.
@@ -121,7 +126,7 @@ class Service:
         )
         if not (isinstance(manager_cls, type) and issubclass(manager_cls, Manager)):
             raise ConfigError(f"{manager!r} is not a subclass of aiosvc.Manager")
-        settings = (settings or manager_cls.settings_class.load()).upgrade(
+        settings = (settings or manager_cls.settings_class.load()).reload_as(
             manager_cls.settings_class
         )
         topic = topic or manager_cls.topic
@@ -130,8 +135,8 @@ class Service:
                 f"{manager_cls.__qualname__} declares no topic: set its `topic` or pass topic="
             )
         host = host or settings.host
-        binary = binary or f"aiosvc-{topic}"
-        instance = manager_cls(host=host, settings=settings, service_name=binary)
+        binary = binary or default_binary(topic)
+        instance = manager_cls(host=host, settings=settings, service_name=binary, clock=clock)
         return cls(
             instance,
             topic=topic,
@@ -140,7 +145,6 @@ class Service:
             settings=settings,
             transport=transport,
             store=store,
-            clock=clock,
         )
 
     # -- lifecycle
@@ -175,13 +179,13 @@ class Service:
             )
             await self._run(task_status)
         except BaseException as exc:
-            raise _unwrap(exc) from None
+            raise unwrap_group(exc) from None
         finally:
-            # Shielded, so a cancelled service still cleans up; abort() (a forced stop)
+            # Shielded, so a cancelled service still cleans up; force_stop()
             # cancels this scope itself, so a cleanup_host that hangs cannot hold it.
             with anyio.CancelScope(shield=True) as scope:
                 self._cleanup_scope = scope
-                if self._aborted:
+                if self._forced:
                     scope.cancel()
                 if hooks_ran:
                     await self._cleanup_host()
@@ -232,11 +236,23 @@ class Service:
             log.info("Stopping %s", self.binary)
             timeout = self.settings.graceful_shutdown_timeout or math.inf
             deadline = anyio.current_time() + timeout
-            await self.rpc_server.stop(timeout)
-            self.manager.periodic.stop()
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
-                await periodic_done.wait()
+            await self.rpc_server.stop_consuming()
+            async with anyio.create_task_group() as stopping:
+                # No new work arrives: say so at once, while the work in flight drains.
+                stopping.start_soon(self._leave, name=f"mark {self.binary} stopped")
+                await self.rpc_server.stop(timeout)
+                self.manager.periodic.stop()
+                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                    await periodic_done.wait()
             tg.cancel_scope.cancel()
+
+    async def _leave(self) -> None:
+        # Bounded and never raising: a store that cannot be reached is logged in one line.
+        assert self.servicegroup is not None and self.record is not None
+        stopped = await self.servicegroup.leave(self.record)
+        if stopped is not None:
+            self.record = self.manager.service_record = stopped
+            log.info("Marked %s stopped in the service store", self.binary)
 
     async def _on_report(self, record: ServiceRecord) -> None:
         assert self.rpc_server is not None
@@ -262,7 +278,7 @@ class Service:
         if self.store is None:
             self.store = get_store(self.settings)
             await self.store.connect()
-        self.servicegroup = ServiceGroup(self.store, self.settings, self._clock)
+        self.servicegroup = ServiceGroup(self.store, self.settings, self.manager.clock)
 
     async def _cleanup_host(self) -> None:
         try:
@@ -278,10 +294,10 @@ class Service:
                 log.warning("Service killed that has no database entry")
             except Exception as exc:
                 log.error("Could not delete the record of %s: %s", self.binary, exc)
-        if self.store is not None and self._store is None:
+        if self.store is not None and self._owns_store:
             await _close_quietly(self.store, "service store")
             self.store = None
-        if self.transport is not None and self._transport is None:
+        if self.transport is not None and self._owns_transport:
             await _close_quietly(self.transport, "transport")
             self.transport = None
 
@@ -304,7 +320,7 @@ class Service:
                     await tg.start(self.serve)
                     ready.set_result(None)
             except BaseException as exc:
-                exc = _unwrap(exc)
+                exc = unwrap_group(exc)
                 if not ready.done():
                     ready.set_exception(exc)
                     return
@@ -322,6 +338,9 @@ class Service:
     async def stop(self) -> None:
         """Stop gracefully (see the module docstring) and wait until stopped.
 
+        The service record is marked stopped as soon as consumers are stopped, so the
+        service shows down at once (``record.stopped``), not after ``service_down_time``.
+
         Raises:
             Exception: the error that had already stopped the service, if any.
         """
@@ -338,14 +357,16 @@ class Service:
             return
         await asyncio.shield(self._runner)
 
-    def abort(self) -> None:
-        """Cancel the service at once (what a forced stop does).
+    def force_stop(self) -> None:
+        """Stop at once, without waiting for work in flight (what a second Ctrl-C does).
 
         Handlers in flight are cancelled and their messages go back to the queue;
         ``cleanup_host`` is cancelled too (at once if it has not begun); connections are
-        still closed, within ``CLOSE_TIMEOUT`` seconds.
+        still closed, within ``CLOSE_TIMEOUT`` seconds. The record is not marked stopped
+        (it turns down after ``service_down_time``, as after a crash), unless a graceful
+        stop had already marked it.
         """
-        self._aborted = True
+        self._forced = True
         if self._runner is not None:
             self._runner.cancel()
         if self._cleanup_scope is not None:
@@ -361,7 +382,11 @@ class Service:
             current_service.reset(token)
 
     async def kill(self) -> None:
-        """Stop, then soft-delete this service's record (Nova: used by tests)."""
+        """Stop gracefully, then soft-delete this service's record (Nova's ``kill``).
+
+        Unlike :meth:`force_stop`, which stops at once, this waits like :meth:`stop`; the
+        record is gone afterwards, so ``services list`` no longer shows the service.
+        """
         self._kill = True
         if self._runner is None and not self.started:
             self._stop_requested.set()
@@ -387,10 +412,3 @@ async def _close_quietly(resource: Any, what: str) -> None:
         await resource.close()
     except Exception:
         log.exception("Error while closing the %s", what)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The single error inside (nested) exception groups, so users see the real cause."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc

@@ -2,11 +2,15 @@
 
 Every ``report_interval`` seconds the service increments its ``report_count`` and the
 store stamps ``last_seen_up`` with its own clock. A service is up when it is not
-forced down and ``now() - last_seen_up <= service_down_time``, judged by the store.
+forced down, not stopped, and ``now() - last_seen_up <= service_down_time``, judged by
+the store.
 
 The report loop never dies and never piles up: a failing store is logged once at
 ERROR, retried every interval (each attempt bounded by the interval), and its recovery
 logged once at INFO, while the service keeps serving RPC and periodic tasks.
+
+A graceful stop calls :meth:`ServiceGroup.leave`: the record is marked stopped, so the
+service is down at once (a crashed one turns down after ``service_down_time``).
 
 Nova: ``nova.servicegroup.api.API`` and ``nova.servicegroup.drivers.db.DbDriver``
 (``join``, ``_report_state``, ``is_up``).
@@ -19,14 +23,18 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from .clock import Clock, MonotonicClock
 from .exceptions import ServiceNotFound
-from .periodic import Clock, MonotonicClock
+from .log import one_line
 from .settings import Settings
 from .store.base import ServiceRecord, ServiceStore
 
 __all__ = ["ServiceGroup"]
 
 log = logging.getLogger(__name__)
+
+LEAVE_TIMEOUT = 5.0
+"""Seconds :meth:`ServiceGroup.leave` waits for the store before giving up."""
 
 StateCallback = Callable[[ServiceRecord], Awaitable[None]]
 
@@ -82,7 +90,7 @@ class ServiceGroup:
                     "Cannot report the state of %s to the service store: %s; "
                     "retrying every %ss while the service keeps serving",
                     record.binary,
-                    _reason(exc),
+                    one_line(exc),
                     self.settings.report_interval,
                 )
             self._failure = "unreachable"
@@ -93,6 +101,35 @@ class ServiceGroup:
             self._failure = None
             log.info("Recovered: reporting the state of %s again", record.binary)
         return fresh
+
+    async def leave(
+        self, record: ServiceRecord, *, timeout: float | None = None
+    ) -> ServiceRecord | None:
+        """Mark ``record`` stopped (a graceful stop); the stopped record, or ``None``.
+
+        The service is down from now on, shown as stopped rather than crashed. Never
+        raises (besides cancellation) and never waits more than ``timeout`` seconds
+        (default :data:`LEAVE_TIMEOUT`): a store that cannot be reached is logged in one
+        line, and the record then turns down after ``service_down_time``, as after a crash.
+        """
+        try:
+            with anyio.fail_after(LEAVE_TIMEOUT if timeout is None else timeout):
+                return await self.store.mark_stopped(record.id)
+        except ServiceNotFound:
+            log.warning(
+                "The services record of %s on host %s is gone: nothing to mark stopped",
+                record.binary,
+                record.host,
+            )
+        except Exception as exc:
+            log.warning(
+                "Could not mark %s stopped in the service store: %s; it shows down "
+                "after service_down_time (%ss), like a crashed service",
+                record.binary,
+                one_line(exc),
+                self.settings.service_down_time,
+            )
+        return None
 
     async def join(self, record: ServiceRecord, on_report: StateCallback | None = None) -> None:
         """Report now, then every ``report_interval`` seconds until cancelled.
@@ -118,9 +155,3 @@ class ServiceGroup:
             now = self.clock.now()
             if now > next_at:  # a slow store: skip the slots missed, never pile up
                 next_at += interval * ((now - next_at) // interval + 1)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timed out"
-    return str(exc) or type(exc).__name__

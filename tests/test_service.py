@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 import anyio
 import pytest
 
 import aiosvc
+import aiosvc.servicegroup
 from aiosvc import Context, Manager, Service, periodic_task
 from aiosvc.settings import Settings
 from aiosvc.store import get_store
-from aiosvc.testing import FakeClock, isolated_settings
+from aiosvc.store.memory import MemoryStore
+from aiosvc.testing import FakeClock, isolated_settings, wait_until
 from aiosvc.transport import get_transport
 
 
@@ -217,6 +221,134 @@ async def test_kill_deletes_the_record(aiosvc_settings: Settings) -> None:
     await service.kill()
     async with get_store(aiosvc_settings) as store:
         assert await store.list() == []
+
+
+async def test_a_clean_stop_marks_the_record_stopped(aiosvc_settings: Settings) -> None:
+    service = Service.create(Recorder, settings=aiosvc_settings)
+    async with get_store(aiosvc_settings) as store:
+        async with service:
+            running = await store.get(service.host, service.binary)
+            assert (running.is_up, running.stopped) == (True, False)
+
+        # Down at once, as stopped: not service_down_time later, as after a crash.
+        stopped = await store.get(service.host, service.binary)
+        assert (stopped.is_up, stopped.stopped, stopped.state) == (False, True, "down")
+        assert stopped.stopped_at is not None
+        assert service.record is not None
+        assert service.record.stopped_at == stopped.stopped_at
+
+        # Starting again revives the same record.
+        async with Service.create(Recorder, settings=aiosvc_settings):
+            again = await store.get(service.host, service.binary)
+            assert (again.id, again.is_up, again.stopped) == (stopped.id, True, False)
+
+
+async def test_the_record_is_stopped_while_work_in_flight_drains(
+    aiosvc_settings: Settings,
+) -> None:
+    # Consumers are stopped first, so the record says so at once: callers and schedulers
+    # learn before the handlers in flight finish (up to graceful_shutdown_timeout).
+    service = Service.create(Slow, settings=aiosvc_settings)
+    manager = service.manager
+    assert isinstance(manager, Slow)
+    await service.start()
+    async with (
+        get_store(aiosvc_settings) as store,
+        aiosvc.connect(aiosvc_settings) as transport,
+        anyio.create_task_group() as tg,
+    ):
+        results: list[str] = []
+
+        async def call() -> None:
+            results.append(await aiosvc.RPCClient(transport, "slow").call(None, "work", name="a"))
+
+        async def stopped() -> bool:
+            return (await store.get(service.host, service.binary)).stopped
+
+        tg.start_soon(call)
+        with anyio.fail_after(5):
+            await manager.entered.wait()
+        tg.start_soon(service.stop)
+        await wait_until(stopped, timeout=10)
+        assert manager.finished == []  # still in flight
+        manager.release.set()
+    assert results == ["a"]
+
+
+async def test_a_crashed_or_aborted_service_is_not_marked_stopped(
+    aiosvc_settings: Settings,
+) -> None:
+    crashed = Service.create(Recorder, host="host-crash", settings=aiosvc_settings)
+
+    async def crash(**kwargs: Any) -> None:
+        raise RuntimeError("periodic runner broke")
+
+    crashed.manager.periodic.run = crash  # type: ignore[method-assign]
+    await crashed.start()
+    with pytest.raises(RuntimeError, match="periodic runner broke"), anyio.fail_after(5):
+        await crashed.wait()
+
+    aborted = Service.create(Recorder, host="host-abort", settings=aiosvc_settings)
+    await aborted.start()
+    aborted.force_stop()  # as a second SIGINT does
+    with pytest.raises(asyncio.CancelledError), anyio.fail_after(5):
+        await aborted.wait()
+
+    async with get_store(aiosvc_settings) as store:
+        records = {r.host: r for r in await store.list()}
+        assert {h: (r.stopped_at, r.is_up) for h, r in records.items()} == {
+            "host-crash": (None, True),
+            "host-abort": (None, True),
+        }
+        # They turn down only once service_down_time has passed since their last report.
+        last = max(r.last_seen_up or r.created_at for r in records.values())
+        down_time = timedelta(seconds=aiosvc_settings.service_down_time)
+        cast(MemoryStore, store).now = lambda: last + down_time + timedelta(microseconds=1)
+        assert [(r.is_up, r.stopped) for r in await store.list()] == [(False, False)] * 2
+
+
+class UnmarkableStore:
+    """Wraps a store whose ``mark_stopped`` fails as an unreachable database would, or hangs."""
+
+    def __init__(self, inner: Any, failure: str) -> None:
+        self.inner = inner
+        self.failure = failure
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def mark_stopped(self, service_id: int) -> Any:
+        if self.failure == "hangs":
+            await anyio.sleep_forever()
+        raise aiosvc.StoreError("database postgresql://x:***@db/x: connection refused")
+
+
+@pytest.mark.parametrize(("failure", "reason"), [("refused", "refused"), ("hangs", "timed out")])
+async def test_a_store_that_cannot_mark_the_stop_never_blocks_it(
+    aiosvc_settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+    reason: str,
+) -> None:
+    monkeypatch.setattr(aiosvc.servicegroup, "LEAVE_TIMEOUT", 0.2)
+    async with get_store(aiosvc_settings) as inner:
+        store = UnmarkableStore(inner, failure)
+        service = Service.create(Recorder, settings=aiosvc_settings, store=store)  # type: ignore[arg-type]
+        await service.start()
+        with caplog.at_level(logging.WARNING), anyio.fail_after(10):
+            await service.stop()  # returns, and raises nothing
+        record = await inner.get(service.host, service.binary)
+        assert (record.stopped, record.is_up) == (False, True)  # left to age, like a crash
+    lines = [
+        r.getMessage() for r in caplog.records if "stopped in the service store" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines
+    assert "\n" not in lines[0]
+    assert lines[0].startswith("Could not mark aiosvc-recorder stopped in the service store: ")
+    assert reason in lines[0]
+    assert isinstance(service.manager, Recorder)
+    assert service.manager.events[-1] == "cleanup_host"
 
 
 async def test_reset_calls_the_manager(aiosvc_settings: Settings) -> None:

@@ -229,6 +229,7 @@ async def test_up_and_down_around_service_down_time(backend: Backend, store: Ser
     down = await store.get("host1", BINARY)
     assert not down.is_up
     assert down.state == "down"
+    assert not down.stopped  # silent, as after a crash: not a graceful stop
     assert [r.is_up for r in await store.list()] == [False]
 
     # The next heartbeat brings it back at once.
@@ -274,6 +275,95 @@ async def test_forced_down_is_down_at_once(store: ServiceStore) -> None:
 
     released = await store.update("host1", BINARY, forced_down=False)
     assert (released.forced_down, released.is_up) == (False, True)
+
+
+# --- graceful stop: stopped_at ----------------------------------------------------------
+
+
+async def test_mark_stopped_is_down_at_once_and_shown_as_stopped(store: ServiceStore) -> None:
+    record = await store.report((await store.register("host1", BINARY, TOPIC, 1)).id)
+    assert (record.is_up, record.stopped, record.stopped_at) == (True, False, None)
+    assert (record.to_dict()["stopped"], record.to_dict()["stopped_at"]) == (False, None)
+
+    stopped = await store.mark_stopped(record.id)
+
+    # Down at once, seconds before service_down_time could have made it so.
+    assert (stopped.stopped, stopped.is_up, stopped.state) == (True, False, "down")
+    assert stopped.stopped_at is not None
+    assert stopped.stopped_at.utcoffset() == timedelta(0)
+    assert record.last_seen_up is not None
+    assert stopped.stopped_at >= record.last_seen_up
+    # Nothing else changes: the last heartbeat and the admin state are kept.
+    assert (stopped.id, stopped.report_count, stopped.last_seen_up) == (
+        record.id,
+        1,
+        record.last_seen_up,
+    )
+    assert (stopped.disabled, stopped.forced_down, stopped.deleted_at) == (False, False, None)
+    assert await store.get("host1", BINARY) == stopped
+    assert [(r.id, r.is_up, r.stopped_at) for r in await store.list()] == [
+        (record.id, False, stopped.stopped_at)
+    ]
+    shown = stopped.to_dict()
+    assert (shown["state"], shown["stopped"], shown["stopped_at"]) == (
+        "down",
+        True,
+        stopped.stopped_at.isoformat(),
+    )
+    # Marking again keeps the time of the stop.
+    assert (await store.mark_stopped(record.id)).stopped_at == stopped.stopped_at
+
+
+async def test_a_report_after_the_stop_does_not_revive_the_record(store: ServiceStore) -> None:
+    # The report loop may race with a stop: a heartbeat written after the mark still
+    # counts, but the record stays stopped; so do admin changes.
+    record = await store.report((await store.register("host1", BINARY, TOPIC, 1)).id)
+    stopped = await store.mark_stopped(record.id)
+
+    reported = await store.report(record.id)
+
+    assert reported.report_count == 2
+    assert reported.last_seen_up is not None
+    assert record.last_seen_up is not None
+    assert reported.last_seen_up >= record.last_seen_up
+    assert (reported.stopped_at, reported.is_up) == (stopped.stopped_at, False)
+    changed = await store.update("host1", BINARY, disabled=False, forced_down=False)
+    assert (changed.stopped_at, changed.is_up) == (stopped.stopped_at, False)
+    assert not (await store.get("host1", BINARY)).is_up
+
+
+async def test_register_clears_stopped(store: ServiceStore) -> None:
+    first = await store.report((await store.register("host1", BINARY, TOPIC, 1)).id)
+    await store.update("host1", BINARY, disabled=True, disabled_reason="maintenance")
+    await store.mark_stopped(first.id)
+    other = await store.mark_stopped((await store.register("host2", BINARY, TOPIC, 1)).id)
+
+    again = await store.register("host1", BINARY, TOPIC, 2)  # the service starts again
+
+    assert (again.id, again.uuid, again.report_count) == (first.id, first.uuid, 1)
+    assert (again.stopped_at, again.stopped, again.is_up) == (None, False, True)
+    assert (again.disabled, again.disabled_reason) == (True, "maintenance")  # admin state kept
+    assert (await store.get("host1", BINARY)).is_up
+    # Only the record registered again.
+    assert (await store.get("host2", BINARY)).stopped_at == other.stopped_at
+
+
+async def test_mark_stopped_on_a_deleted_record_raises_service_not_found(
+    store: ServiceStore,
+) -> None:
+    record = await store.register("host1", BINARY, TOPIC, 1)
+    await store.delete("host1", BINARY)
+
+    with pytest.raises(ServiceNotFound):
+        await store.mark_stopped(record.id)
+    with pytest.raises(ServiceNotFound):
+        await store.mark_stopped(12345)
+    # The record of the same host + binary registered since is not the deleted one's.
+    fresh = await store.register("host1", BINARY, TOPIC, 1)
+    with pytest.raises(ServiceNotFound):
+        await store.mark_stopped(record.id)
+    assert (await store.get("host1", BINARY)) == fresh
+    assert not fresh.stopped
 
 
 # --- admin updates ----------------------------------------------------------------------
@@ -429,13 +519,101 @@ async def test_migrations_from_empty_and_reapplied(
     store = await make_store(fresh_database_url)
     await store.register("host1", BINARY, TOPIC, 1)
     assert await postgres.current_version(fresh_database_url) == latest
-    rows = await _sql(fresh_database_url, "SELECT version, name FROM aiosvc_schema")
-    assert [(r["version"], r["name"]) for r in rows] == [(1, "services")]
+    rows = await _sql(
+        fresh_database_url, "SELECT version, name FROM aiosvc_schema ORDER BY version"
+    )
+    assert [(r["version"], r["name"]) for r in rows] == [
+        (m.version, m.name) for m in postgres.migrations()
+    ]
+    assert [(r["version"], r["name"]) for r in rows][:2] == [
+        (1, "services"),
+        (2, "services_stopped_at"),
+    ]
     # Logs name the database, never with its password.
     password = urlsplit(fresh_database_url).password
     assert "applied schema migration 0001" in caplog.text
+    assert "applied schema migration 0002" in caplog.text
     assert ":***@" in caplog.text
     assert f":{password}@" not in caplog.text
+
+
+@pytest.mark.postgres
+async def test_migration_from_version_1_keeps_the_rows(
+    fresh_database_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0002 (stopped_at) on a database that services of schema version 1 have used."""
+    import asyncpg
+
+    from aiosvc.store import postgres
+
+    url = fresh_database_url
+    shipped = postgres.migrations()
+    # The database an aiosvc of schema version 1 made (the same code path, one migration).
+    monkeypatch.setattr(postgres, "migrations", lambda: shipped[:1])
+    assert await postgres.upgrade(url) == [1]
+    monkeypatch.undo()
+    assert await postgres.current_version(url) == 1
+    # ... with the rows its services and operators left: one reporting, one dead for an
+    # hour, one disabled and forced down, one deleted.
+    rows = await _sql(
+        url,
+        """INSERT INTO services (uuid, host, "binary", topic, report_count, last_seen_up,
+                                 disabled, disabled_reason, forced_down, deleted_at)
+           SELECT gen_random_uuid(), h, $1, $2, n, now() - make_interval(secs => age),
+                  d, r, f, CASE WHEN gone THEN now() END
+           FROM (VALUES ('up', 5, 0, false, NULL, false, false),
+                        ('dead', 7, 3600, false, NULL, false, false),
+                        ('fenced', 2, 0, true, 'disk', true, false),
+                        ('gone', 1, 0, false, NULL, false, true))
+                AS v(h, n, age, d, r, f, gone)
+           RETURNING id, host""",
+        BINARY,
+        TOPIC,
+    )
+    ids = {r["host"]: r["id"] for r in rows}
+
+    # Commands that never migrate say what to do; they change nothing.
+    settings = Settings.load(database_url=url, service_down_time=DOWN_TIME)
+    with pytest.raises(StoreError, match=r"schema version 1, .* db upgrade"):
+        await get_store(settings, migrate=False).connect()
+    assert await postgres.current_version(url) == 1
+
+    # Five services of the new version starting at once: applied once, under the lock.
+    stores = await asyncio.gather(*(make_store(url) for _ in range(5)))
+    applied = await _sql(url, "SELECT version, name FROM aiosvc_schema ORDER BY version")
+    assert [(r["version"], r["name"]) for r in applied] == [
+        (1, "services"),
+        (2, "services_stopped_at"),
+    ]
+    assert await postgres.current_version(url) == postgres.latest_version() == 2
+    assert await postgres.upgrade(url) == []
+
+    # Every row is kept as it was, none stopped (their services ran or crashed).
+    store = stores[0]
+    listed = {r.host: r for r in await store.list()}
+    assert {h: r.id for h, r in listed.items()} == {h: ids[h] for h in ("up", "dead", "fenced")}
+    assert {h: (r.report_count, r.is_up, r.stopped_at) for h, r in listed.items()} == {
+        "up": (5, True, None),
+        "dead": (7, False, None),
+        "fenced": (2, False, None),
+    }
+    assert (listed["fenced"].disabled_reason, listed["fenced"].forced_down) == ("disk", True)
+    (gone,) = await _sql(
+        url, "SELECT stopped_at, deleted_at FROM services WHERE id = $1", ids["gone"]
+    )
+    assert gone["stopped_at"] is None
+    assert gone["deleted_at"] is not None
+
+    # The new column works on the old rows.
+    assert not (await store.mark_stopped(ids["up"])).is_up
+    assert (await store.register("up", BINARY, TOPIC, 2)).is_up
+    # The migration is idempotent: applying it again changes nothing.
+    con = await asyncpg.connect(url)
+    try:
+        await con.execute(shipped[1].sql)
+    finally:
+        await con.close()
+    assert [r.id for r in await store.list()] == sorted(ids[h] for h in ("up", "dead", "fenced"))
 
 
 @pytest.mark.postgres

@@ -109,13 +109,12 @@ class RPCServer:
         if not self._tasks:
             self._idle.set()
 
-    async def _cancel_handlers(self) -> int:
+    async def _cancel_handlers(self) -> None:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        return len(tasks)
 
     async def _handle(self, message: IncomingMessage) -> None:
         # The transport's delivery task is not ours: name the service for log lines.
@@ -166,6 +165,11 @@ class RPCServer:
         if self.consumer is not None:
             await self.consumer.resume_shared()
 
+    async def stop_consuming(self) -> None:
+        """Take no new messages; those in flight go on. Idempotent; :meth:`stop` begins so."""
+        if self.consumer is not None:
+            await self.consumer.cancel()
+
     async def stop(self, timeout: float | None = None) -> int:
         """Stop consuming, drain, and close; return how many handlers were cancelled.
 
@@ -176,8 +180,7 @@ class RPCServer:
         if timeout is None:
             timeout = self.settings.graceful_shutdown_timeout or math.inf
         cancelled = 0
-        if self.consumer is not None:
-            await self.consumer.cancel()
+        await self.stop_consuming()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         if self.in_flight:

@@ -4,17 +4,21 @@ Nova: ``nova.db.main.models.Service``, ``nova.objects.Service`` and the serviceg
 DB driver. The store, not the host, owns the clock: ``last_seen_up`` is written with
 the store's ``now()`` and ``is_up`` is computed by the store, so host clocks never matter.
 
-``is_up`` is ``not forced_down and now() - last_seen_up <= service_down_time`` (a
-record that never reported counts from ``created_at``, as nova's does).
+``is_up`` is ``not forced_down and stopped_at is null and now() - last_seen_up <=
+service_down_time`` (a record that never reported counts from ``created_at``, as nova's
+does). ``stopped_at`` is set by a graceful stop (:meth:`ServiceStore.mark_stopped`), so a
+stopped service is down at once, while one that crashed turns down after
+``service_down_time``; only :meth:`ServiceStore.register` (a restart) clears it.
 """
 
 from __future__ import annotations
 
 import abc
+import builtins
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from ..settings import Settings
 
@@ -40,6 +44,14 @@ class ServiceRecord:
     updated_at: datetime | None
     deleted_at: datetime | None
     is_up: bool
+    # Last, with a default, so records built by name or position without it still work.
+    stopped_at: datetime | None = None
+    """When the service stopped gracefully; ``None`` while it runs, or after a crash."""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the service stopped gracefully (it is then down, whatever its reports)."""
+        return self.stopped_at is not None
 
     @property
     def status(self) -> str:
@@ -64,6 +76,8 @@ class ServiceRecord:
             "report_count": self.report_count,
             "disabled_reason": self.disabled_reason,
             "forced_down": self.forced_down,
+            "stopped": self.stopped,
+            "stopped_at": _iso(self.stopped_at),
             "last_seen_up": _iso(self.last_seen_up),
             "version": self.version,
             "created_at": _iso(self.created_at),
@@ -79,9 +93,13 @@ class ServiceStore(abc.ABC):
     """Where services record themselves, chosen by the scheme of ``settings.database_url``.
 
     Implementations: :mod:`aiosvc.store.memory` (``memory://``) and
-    :mod:`aiosvc.store.postgres` (``postgresql://``). Every method raises
+    :mod:`aiosvc.store.postgres` (``postgresql://``); the scheme table is
+    :data:`aiosvc.backends.STORES`. Every method raises
     :class:`~aiosvc.exceptions.StoreError` when the store cannot be reached.
     """
+
+    in_process: ClassVar[bool] = False
+    """True when the records live in this process, so no other process can read them."""
 
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         self.settings = settings
@@ -111,7 +129,8 @@ class ServiceStore(abc.ABC):
         """Create the live record for ``host`` + ``binary``, or revive the existing one.
 
         An existing live record keeps its id, uuid, report_count and admin state
-        (disabled, forced_down); its ``topic`` and ``version`` are updated. Safe when
+        (disabled, forced_down); its ``topic`` and ``version`` are updated and its
+        ``stopped_at`` is cleared (the service runs again). Safe when
         several services register the same pair at once: one row results.
         """
 
@@ -119,7 +138,20 @@ class ServiceStore(abc.ABC):
     async def report(self, service_id: int) -> ServiceRecord:
         """One heartbeat, in one statement: ``report_count += 1, last_seen_up = now()``.
 
-        Returns the updated record (so the caller sees ``disabled``).
+        Returns the updated record (so the caller sees ``disabled``). Leaves ``stopped_at``
+        alone: a heartbeat that races with a graceful stop cannot make the service look up
+        again; only :meth:`register` does.
+
+        Raises:
+            ServiceNotFound: the record was deleted.
+        """
+
+    @abc.abstractmethod
+    async def mark_stopped(self, service_id: int) -> ServiceRecord:
+        """Record a graceful stop: ``stopped_at = now()`` (the first one is kept).
+
+        The record is down from now on (``is_up`` is false), and shown as stopped rather
+        than crashed, until :meth:`register` clears ``stopped_at`` at the next start.
 
         Raises:
             ServiceNotFound: the record was deleted.
@@ -165,6 +197,27 @@ class ServiceStore(abc.ABC):
         Raises:
             ServiceNotFound: there is no live record.
         """
+
+    @classmethod
+    async def upgrade_schema(cls, settings: Settings) -> builtins.list[int]:
+        """Apply the pending schema migrations to the store ``settings.database_url`` names.
+
+        Returns the versions applied; a store without a versioned schema has none.
+        Nova: ``nova-manage db sync``.
+
+        Raises:
+            StoreError: unreachable, or a migration failed.
+        """
+        return []
+
+    @classmethod
+    async def schema_versions(cls, settings: Settings) -> tuple[int, int]:
+        """The schema version of that store, and the latest this aiosvc knows.
+
+        Raises:
+            StoreError: unreachable.
+        """
+        return (0, 0)
 
     async def __aenter__(self) -> ServiceStore:
         await self.connect()

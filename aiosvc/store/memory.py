@@ -44,6 +44,7 @@ class _Row:
     created_at: datetime
     updated_at: datetime | None
     deleted_at: datetime | None
+    stopped_at: datetime | None = None
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Row))
@@ -78,6 +79,8 @@ class MemoryStore(ServiceStore):
             construction, through the ``now`` attribute).
     """
 
+    in_process = True
+
     def __init__(
         self,
         settings: Settings,
@@ -109,9 +112,14 @@ class MemoryStore(ServiceStore):
         return _tables.setdefault(self._key, _Table())
 
     def _record(self, row: _Row, now: datetime) -> ServiceRecord:
-        # Same rule as the SQL: coalesce(last_seen_up, created_at) >= now() - down_time.
+        # Same rule as the SQL: not forced down, not stopped, and
+        # coalesce(last_seen_up, created_at) >= now() - down_time.
         last = row.last_seen_up or row.created_at
-        is_up = not row.forced_down and last >= now - timedelta(seconds=self.service_down_time)
+        is_up = (
+            not row.forced_down
+            and row.stopped_at is None
+            and last >= now - timedelta(seconds=self.service_down_time)
+        )
         return ServiceRecord(**{name: getattr(row, name) for name in _ROW_FIELDS}, is_up=is_up)
 
     def _live(self, table: _Table, host: str, binary: str) -> _Row:
@@ -154,6 +162,7 @@ class MemoryStore(ServiceStore):
         else:
             row.topic = topic
             row.version = version
+            row.stopped_at = None  # running again
             row.updated_at = now
         return self._record(row, now)
 
@@ -165,15 +174,33 @@ class MemoryStore(ServiceStore):
         Raises:
             ServiceNotFound: the record was deleted.
         """
-        table = self._table()
-        row = table.rows.get(service_id)
-        if row is None or row.deleted_at is not None:
-            raise ServiceNotFound(f"service record {service_id} is gone")
+        row = self._by_id(service_id)
         now = self.now()
         row.report_count += 1
         row.last_seen_up = now
         row.updated_at = now
         return self._record(row, now)
+
+    async def mark_stopped(self, service_id: int) -> ServiceRecord:
+        """Record a graceful stop: ``stopped_at = now()``, the first one kept.
+
+        Nova has none; Manila marks its ``services`` row ``stopped`` in the same place.
+
+        Raises:
+            ServiceNotFound: the record was deleted.
+        """
+        row = self._by_id(service_id)
+        now = self.now()
+        if row.stopped_at is None:
+            row.stopped_at = now
+        row.updated_at = now
+        return self._record(row, now)
+
+    def _by_id(self, service_id: int) -> _Row:
+        row = self._table().rows.get(service_id)
+        if row is None or row.deleted_at is not None:
+            raise ServiceNotFound(f"service record {service_id} is gone")
+        return row
 
     async def get(self, host: str, binary: str) -> ServiceRecord:
         """The live record of ``host`` + ``binary``.

@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from ..exceptions import ConfigError, ServiceNotFound, StoreError
+from ..log import one_line
 from ..settings import Settings, redact_url
 from .base import ServiceRecord, ServiceStore
 
@@ -65,7 +66,8 @@ _CONNECT_ERRORS = (*_DB_ERRORS, ValueError, OverflowError)
 # that a row maps onto a record positionally (the fastest way, for list() at 5000 rows).
 # $1 is always service_down_time in seconds: the database judges is_up by its own clock.
 _IS_UP = (
-    "(NOT forced_down AND coalesce(last_seen_up, created_at) >= now() - make_interval(secs => $1))"
+    "(NOT forced_down AND stopped_at IS NULL"
+    " AND coalesce(last_seen_up, created_at) >= now() - make_interval(secs => $1))"
     " AS is_up"
 )
 _FIELDS = [f.name for f in dataclasses.fields(ServiceRecord)]
@@ -76,13 +78,22 @@ _REGISTER = f"""
     INSERT INTO services (uuid, host, "binary", topic, version)
     VALUES ($2, $3, $4, $5, $6)
     ON CONFLICT (host, "binary") WHERE deleted_at IS NULL
-    DO UPDATE SET topic = EXCLUDED.topic, version = EXCLUDED.version, updated_at = now()
+    DO UPDATE SET topic = EXCLUDED.topic, version = EXCLUDED.version, stopped_at = NULL,
+                  updated_at = now()
     RETURNING {_RETURNING}
 """
 
+# stopped_at is left alone: a report racing with a graceful stop cannot revive the record.
 _REPORT = f"""
     UPDATE services
     SET report_count = report_count + 1, last_seen_up = now(), updated_at = now()
+    WHERE id = $2 AND deleted_at IS NULL
+    RETURNING {_RETURNING}
+"""
+
+_MARK_STOPPED = f"""
+    UPDATE services
+    SET stopped_at = coalesce(stopped_at, now()), updated_at = now()
     WHERE id = $2 AND deleted_at IS NULL
     RETURNING {_RETURNING}
 """
@@ -197,14 +208,8 @@ def _options(url: str) -> _Options:
 
 def _error(prefix: str, opts: _Options, exc: BaseException) -> StoreError:
     """A one-line StoreError naming the redacted URL and the cause; never the password."""
-    if isinstance(exc, TimeoutError) and not str(exc):
-        reason = "timed out"
-    else:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-    if opts.password:
-        # Belt and braces: asyncpg does not echo DSNs, but a message must never leak one.
-        reason = reason.replace(f":{opts.password}@", ":***@")
-    return StoreError(f"{prefix} {opts.shown}: {reason}")
+    # Belt and braces: asyncpg does not echo DSNs, but a message must never leak one.
+    return StoreError(f"{prefix} {opts.shown}: {one_line(exc, secret=opts.password)}")
 
 
 async def _migrate(
@@ -304,6 +309,16 @@ class PostgresStore(ServiceStore):
     Raises:
         ConfigError: an aiosvc option in the URL's query has a bad value.
     """
+
+    @classmethod
+    async def upgrade_schema(cls, settings: Settings) -> builtins.list[int]:
+        """Apply the pending migrations (see :func:`upgrade`)."""
+        return await upgrade(settings.database_url)
+
+    @classmethod
+    async def schema_versions(cls, settings: Settings) -> tuple[int, int]:
+        """The database's schema version and :func:`latest_version`."""
+        return await current_version(settings.database_url), latest_version()
 
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         super().__init__(settings, migrate=migrate)
@@ -412,6 +427,20 @@ class PostgresStore(ServiceStore):
             StoreError: the database cannot be reached.
         """
         records = await self._records(_REPORT, service_id)
+        if not records:
+            raise ServiceNotFound(f"service record {service_id} is gone")
+        return records[0]
+
+    async def mark_stopped(self, service_id: int) -> ServiceRecord:
+        """Record a graceful stop in one statement: ``stopped_at = now()``, the first kept.
+
+        Nova has none; Manila marks its ``services`` row ``stopped`` in the same place.
+
+        Raises:
+            ServiceNotFound: the record was deleted.
+            StoreError: the database cannot be reached.
+        """
+        records = await self._records(_MARK_STOPPED, service_id)
         if not records:
             raise ServiceNotFound(f"service record {service_id} is gone")
         return records[0]
