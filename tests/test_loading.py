@@ -53,7 +53,7 @@ def test_colon_form_loads_the_class() -> None:
 
 def test_dotted_form_loads_the_class() -> None:
     assert load_object("examples.volume.VolumeManager") is VolumeManager
-    assert load_object("examples.volume.manager.VolumeSettings") is VolumeSettings
+    assert load_object("examples.volume.settings.VolumeSettings") is VolumeSettings
 
 
 def test_stdlib_object_loads() -> None:
@@ -225,6 +225,47 @@ def test_missing_attribute_in_dotted_form() -> None:
         load_object("examples.volume.Nope")
 
 
+@pytest.mark.parametrize(
+    ("path", "module"),
+    [
+        ("examples.volume", "examples.volume"),  # the usual slip: the module, not its class
+        ("examples:volume", "examples.volume"),
+        ("examples.volume:drivers", "examples.volume.drivers"),
+        ("examples.volume.drivers", "examples.volume.drivers"),
+    ],
+)
+@pytest.mark.parametrize("kind", [None, Manager])
+def test_a_path_naming_a_module_says_to_name_a_class_in_it(
+    path: str, module: str, kind: type[Manager] | None
+) -> None:
+    with pytest.raises(LoadError) as info:
+        load_object(path) if kind is None else load_object(path, kind)
+    _all_kinds_of_error(info.value)
+    assert str(info.value) == (
+        f"cannot load {path!r}: {module!r} is a module; name a class in it as 'pkg.module:Class'"
+    )
+
+
+def test_a_submodule_not_imported_yet_is_named_as_a_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The package does not import its submodule, so it has no such attribute: the error
+    # must still say that the path names a module, without importing that module.
+    package = f"aiosvc_test_pkg_{uuid.uuid4().hex[:10]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "manager.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(LoadError) as info:
+            load_object(f"{package}.manager", Manager)
+        assert f"{package + '.manager'!r} is a module" in str(info.value)
+        assert "'pkg.module:Class'" in str(info.value)
+        assert f"{package}.manager" not in sys.modules
+    finally:
+        sys.modules.pop(package, None)
+
+
 def test_kind_mismatch_names_both_classes() -> None:
     with pytest.raises(LoadError) as info:
         load_object("examples.volume:VolumeSettings", Manager)
@@ -249,7 +290,7 @@ def test_kind_rejects_an_instance_of_the_kind(make_module: ModuleFactory) -> Non
     name = make_module(
         """
         from examples.volume.drivers import MemoryVolumeDriver
-        from examples.volume.manager import VolumeSettings
+        from examples.volume.settings import VolumeSettings
 
         DRIVER = MemoryVolumeDriver(VolumeSettings())
         """

@@ -8,7 +8,8 @@ Choose the driver with ``AIOSVC_VOLUME_DRIVER`` (or ``--set volume_driver=...``)
 """
 
 from .drivers import FileVolumeDriver, MemoryVolumeDriver, VolumeDriver, VolumeNotFound
-from .manager import VolumeManager, VolumeSettings
+from .manager import VolumeManager
+from .settings import VolumeSettings
 
 __all__ = [
     "FileVolumeDriver",

@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from .manager import VolumeSettings
+from .settings import VolumeSettings
 
 
 class VolumeNotFound(LookupError):

@@ -2,7 +2,7 @@
 
 Shows the three parts of a Nova-style service:
 
-* options of its own, in a :class:`aiosvc.Settings` subclass (``AIOSVC_VOLUME_DRIVER``);
+* options of its own, in a :class:`aiosvc.Settings` subclass (``settings.py``);
 * methods callable over RPC (``create_volume``, ``delete_volume``, ``list_volumes``),
   whose type hints are checked before they run;
 * periodic tasks: one that runs at start and then every 30 s, one every 5 minutes.
@@ -11,24 +11,15 @@ Shows the three parts of a Nova-style service:
 from __future__ import annotations
 
 import logging
-import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiosvc
 from aiosvc import Context, Manager, periodic_task
 
-if TYPE_CHECKING:
-    from .drivers import VolumeDriver
+from .drivers import VolumeDriver
+from .settings import VolumeSettings
 
 log = logging.getLogger(__name__)
-
-
-class VolumeSettings(aiosvc.Settings):
-    """The volume service's own options, read like every other (``AIOSVC_VOLUME_DRIVER``)."""
-
-    volume_driver: str = "examples.volume.drivers:MemoryVolumeDriver"
-    volume_dir: str = f"{tempfile.gettempdir()}/aiosvc-volumes"
-    volume_capacity_gb: int = 100
 
 
 class VolumeManager(Manager):
@@ -42,8 +33,6 @@ class VolumeManager(Manager):
     driver: VolumeDriver
 
     async def init_host(self) -> None:
-        from .drivers import VolumeDriver
-
         driver_cls = aiosvc.load_object(self.settings.volume_driver, VolumeDriver)
         self.driver = driver_cls(self.settings)
         log.info("Volume driver %s ready", driver_cls.__name__)
