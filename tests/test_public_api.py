@@ -1,17 +1,22 @@
 """What ``import aiosvc`` promises, and which way the modules lean on each other.
 
-The logic layer (periodic tasks, the RPC protocol and dispatcher, the Manager) never
-imports a transport, a store or the wiring above it; only ``transport/amqp.py`` imports
-aio-pika and only ``store/postgres.py`` imports asyncpg. Checked on the source with
-``ast``, so a violation is caught even in a branch no test runs.
+Imports point down the layers of docs/architecture.md (leaves, logic, edges, wiring,
+faces) and never up; an edge never imports another edge (a transport never imports a
+store), and a backend is imported only by its own modules and the faces, the rest
+loading it from its scheme table. Only ``transport/amqp/`` imports aio-pika and only
+``store/postgres.py`` imports asyncpg. Checked on the source with ``ast``, so a violation
+is caught even in a branch no test runs; a copy of the package with one bad import shows
+that each rule fails when it should.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -54,32 +59,38 @@ PUBLIC_API = [
     "periodic_task",
 ]
 
-LOGIC_LAYER = [
-    "exceptions.py",
-    "settings.py",
-    "context.py",
-    "loading.py",
-    "periodic.py",
-    "rpc/protocol.py",
-    "rpc/dispatcher.py",
-    "manager.py",
-]
-ABOVE_THE_LOGIC_LAYER = [
-    "aiosvc.transport",
-    "aiosvc.store",
-    "aiosvc.service",
-    "aiosvc.servicegroup",
-    "aiosvc.launcher",
-    "aiosvc.cli",
-    "aiosvc.rpc.client",
-    "aiosvc.rpc.server",
-    "aiosvc.testing",
-]
-ONLY_IN = {
-    "aio_pika": ["transport/amqp.py"],
-    "aiormq": ["transport/amqp.py"],
-    "asyncpg": ["store/postgres.py"],
+# The layers of DESIGN section 2, lowest first. A module belongs to the longest prefix that
+# names it; imports point down this list or stay within their layer, never up.
+LAYERS: dict[str, list[str]] = {
+    "leaves": [
+        "aiosvc.backends",
+        "aiosvc.clock",
+        "aiosvc.context",
+        "aiosvc.exceptions",
+        "aiosvc.loading",
+        "aiosvc.log",
+        "aiosvc.settings",
+        "aiosvc.tasks",
+    ],
+    "logic": ["aiosvc.manager", "aiosvc.periodic", "aiosvc.rpc.dispatcher", "aiosvc.rpc.protocol"],
+    "edges": ["aiosvc.store", "aiosvc.transport"],
+    "wiring": [
+        "aiosvc.launcher",
+        "aiosvc.rpc.client",
+        "aiosvc.rpc.server",
+        "aiosvc.service",
+        "aiosvc.servicegroup",
+    ],
+    "faces": ["aiosvc", "aiosvc.__main__", "aiosvc.cli", "aiosvc.rpc", "aiosvc.testing"],
 }
+# Each kind of edge: the parts every backend of that kind shares (the protocol, the names,
+# the factory); any other module of the kind belongs to one backend.
+EDGE_SHARED = {
+    "aiosvc.transport": {"aiosvc.transport", "aiosvc.transport.base", "aiosvc.transport.topology"},
+    "aiosvc.store": {"aiosvc.store", "aiosvc.store.base"},
+}
+ONLY_IN = {"aio_pika": "aiosvc.transport.amqp", "aiormq": "aiosvc.transport.amqp"}
+ONLY_IN["asyncpg"] = "aiosvc.store.postgres"
 
 
 def test_all_is_sorted() -> None:
@@ -134,73 +145,132 @@ def test_pytest_plugin_is_registered(pytestconfig: pytest.Config) -> None:
 # -- import direction
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports (absolute names; ``from m import x`` also gives m.x)."""
-    module = _module_name(path)
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join([*base, node.module] if node.module else base)
-            else:
-                target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names)
-    return found
+def _scan(root: Path) -> dict[str, set[str]]:
+    """Every module under ``root`` (a copy of the package) -> the modules it imports.
+
+    Absolute names; ``from m import x`` counts as importing ``m.x`` when that is a module
+    of the package, else ``m``.
+    """
+    paths = {_module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join([*base, node.module] if node.module else base)
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if sub in paths else target)
+        graph[module] = found
+    return graph
 
 
 def _is_within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def _sources() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
+def _owner(name: str, prefixes: Iterable[str]) -> str | None:
+    """The longest of ``prefixes`` that ``name`` is within, if any."""
+    return max((p for p in prefixes if _is_within(name, p)), key=len, default=None)
+
+
+_RANK = {prefix: rank for rank, layer in enumerate(LAYERS.values()) for prefix in layer}
+
+
+def _layer(module: str) -> int:
+    owner = _owner(module, _RANK)
+    assert owner is not None, f"{module} is in no layer: add it to LAYERS"
+    return _RANK[owner]
+
+
+def _backend(module: str) -> str | None:
+    """The backend ``module`` belongs to (``aiosvc.transport.amqp``), or None if shared."""
+    kind = _owner(module, EDGE_SHARED)
+    if kind is None or module in EDGE_SHARED[kind]:
+        return None
+    return ".".join(module.split(".")[:3])
+
+
+def import_violations(root: Path) -> list[str]:
+    """Every import in the package at ``root`` that breaks the layering, as a sentence."""
+    bad: list[str] = []
+    for module, imports in _scan(root).items():
+        for name in sorted(imports):
+            library = _owner(name, ONLY_IN)
+            if library is not None and not _is_within(module, ONLY_IN[library]):
+                bad.append(f"{module} imports {name}: only {ONLY_IN[library]} may")
+            if not _is_within(name, "aiosvc"):
+                continue
+            kind, other_kind = _owner(module, EDGE_SHARED), _owner(name, EDGE_SHARED)
+            backend = _backend(name)
+            if _layer(name) > _layer(module):
+                bad.append(f"{module} imports {name}, which is in a layer above it")
+            elif kind and other_kind and kind != other_kind:
+                bad.append(f"{module} imports {name}: an edge never imports another edge")
+            elif backend and _layer(module) < len(LAYERS) - 1 and _backend(module) != backend:
+                bad.append(f"{module} imports {name}: a backend is loaded from its table only")
+    return bad
 
 
 def test_the_scanner_sees_relative_and_absolute_imports() -> None:
     # The rules below are only as good as this: check it on modules we know.
-    dispatcher = _imports(PACKAGE / "rpc" / "dispatcher.py")
+    graph = _scan(PACKAGE)
+    dispatcher = graph["aiosvc.rpc.dispatcher"]
     assert "aiosvc.manager" in dispatcher
     assert "aiosvc.rpc.protocol" in dispatcher
     assert "pydantic" in dispatcher
-    assert "aiosvc.exceptions" in _imports(PACKAGE / "rpc" / "protocol.py")
-    assert "aiosvc.service" in _imports(PACKAGE / "launcher.py")
+    assert "aiosvc.exceptions" in graph["aiosvc.rpc.protocol"]
+    assert "aiosvc.service" in graph["aiosvc.launcher"]
+    assert "aiosvc.transport.topology" in graph["aiosvc.transport.memory"]  # from . import x
+    assert "aio_pika" in graph["aiosvc.transport.amqp.transport"]
 
 
-@pytest.mark.parametrize("library", sorted(ONLY_IN))
-def test_broker_and_database_drivers_are_imported_in_one_module_only(library: str) -> None:
-    allowed = {PACKAGE / p for p in ONLY_IN[library]}
-    offenders = [
-        str(path.relative_to(PACKAGE))
-        for path in _sources()
-        if path not in allowed and any(_is_within(n, library) for n in _imports(path))
-    ]
-    assert offenders == []
+def test_every_module_is_in_a_layer() -> None:
+    for module in _scan(PACKAGE):
+        _layer(module)
 
 
-@pytest.mark.parametrize("relative", LOGIC_LAYER)
-def test_logic_layer_imports_nothing_above_it(relative: str) -> None:
-    path = PACKAGE / relative
-    assert path.is_file()
-    imports = _imports(path)
-    bad = sorted(
-        name for name in imports if any(_is_within(name, up) for up in ABOVE_THE_LOGIC_LAYER)
-    )
-    assert bad == []
-    for library in ONLY_IN:
-        assert not any(_is_within(name, library) for name in imports)
+def test_imports_point_down_and_edges_stay_apart() -> None:
+    assert import_violations(PACKAGE) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("transport/memory.py", "from ..store import memory", "an edge never imports another"),
+        ("store/postgres.py", "from ..transport import base", "an edge never imports another"),
+        ("transport/memory.py", "from .amqp import consumer", "a backend is loaded from its"),
+        ("transport/__init__.py", "from . import memory", "a backend is loaded from its"),
+        ("transport/memory.py", "from ..service import Service", "in a layer above it"),
+        ("manager.py", "from .rpc.server import RPCServer", "in a layer above it"),
+        ("clock.py", "from .periodic import PeriodicRunner", "in a layer above it"),
+        ("store/memory.py", "import asyncpg", "only aiosvc.store.postgres may"),
+        ("rpc/client.py", "import aio_pika", "only aiosvc.transport.amqp may"),
+    ],
+)
+def test_the_rules_catch_a_bad_import(tmp_path: Path, module: str, line: str, broken: str) -> None:
+    copy = tmp_path / "aiosvc"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    target.write_text(f"{target.read_text()}\n{line}\n")
+    found = import_violations(copy)
+    assert len(found) == 1, found
+    assert broken in found[0]
 
 
 def test_importing_aiosvc_loads_no_broker_or_database_driver() -> None:
@@ -216,9 +286,20 @@ def test_importing_aiosvc_loads_no_broker_or_database_driver() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["aiosvc.periodic", "aiosvc.rpc.protocol", "aiosvc.rpc.dispatcher", "aiosvc.manager"]
+    "module",
+    [
+        "aiosvc.backends",
+        "aiosvc.clock",
+        "aiosvc.tasks",
+        "aiosvc.periodic",
+        "aiosvc.rpc.protocol",
+        "aiosvc.rpc.dispatcher",
+        "aiosvc.manager",
+        "aiosvc.transport.topology",
+        "aiosvc.transport.amqp",
+    ],
 )
-def test_logic_modules_document_what_they_export(module: str) -> None:
+def test_modules_export_what_they_document(module: str) -> None:
     mod = importlib.import_module(module)
     for name in mod.__all__:
         assert hasattr(mod, name), f"{module}.__all__ names missing {name}"
