@@ -1,8 +1,9 @@
 """``python -m aiosvc``: run services, call them, and look after their records.
 
-Exit status: 0 on success; 1 when a service failed to start or stopped by an error,
-or a call failed; 2 for bad usage, a bad setting or a bad import path. Errors are
-one line on stderr (``--log-level DEBUG`` adds the traceback).
+Exit status: 0 on success (for ``run``, a clean stop); 1 when a service failed to start,
+stopped by an error or was forced to stop (a second SIGINT), or a call failed; 2 for bad
+usage, a bad setting or a bad import path. Errors are one line on stderr, naming what was
+wrong and where it came from (``--log-level DEBUG`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -11,16 +12,22 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .exceptions import AiosvcError, ConfigError, ServiceError
+from .launcher import launch
 from .loading import load_object
 from .log import setup_logging
 from .manager import Manager
-from .settings import Settings
+from .rpc.client import RPCClient
+from .service import Service
+from .settings import Settings, redact_url
+from .store import ServiceStore, get_store, store_class
+from .transport import connect, transport_class
 
 __all__ = ["main"]
 
@@ -33,31 +40,81 @@ class UsageError(Exception):
     """Raised for a command line that cannot work; printed as one line, exit status 2."""
 
 
-def _parse_value(text: str) -> Any:
-    """A ``key=value`` value: JSON where it parses, else the string itself."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit status 2) like any error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """A ``--set NAME=VALUE``: the value is JSON where it parses, else the string itself.
+
+    Parsed once, by argparse; pydantic then validates (and converts) it like any setting.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"must look like NAME=VALUE, got {text!r}")
     try:
-        return json.loads(text)
+        return name, json.loads(value)
     except ValueError:
-        return text
+        return name, value
 
 
-def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def _call_args(items: Sequence[str]) -> dict[str, Any]:
+    """The arguments of ``call`` / ``cast``, HTTPie's way.
+
+    ``name=value`` is always the string ``value``; ``name:=json`` is a raw JSON value
+    (``size_gb:=3``, ``tags:='["a","b"]'``, ``force:=true``, ``spec:='{"k":1}'``). The
+    service validates them against the method's type hints, in lax mode: ``size_gb=3``
+    reaches an ``int`` parameter as 3 too.
+
+    Raises:
+        UsageError: an argument of neither form, one given twice, or a ``:=`` value
+            that is not JSON; the message names the argument.
+    """
+    kwargs: dict[str, Any] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"{what} must look like name=value, got {item!r}")
-        values[key] = _parse_value(value)
-    return values
+        name, sep, value = item.partition("=")
+        raw = name.endswith(":")
+        name = name.removesuffix(":")
+        if not sep or not name.isidentifier():
+            raise UsageError(
+                f"argument {item!r} must look like NAME=VALUE (a string) or NAME:=JSON"
+            )
+        if name in kwargs:
+            raise UsageError(f"argument {name} is given twice")
+        if not raw:
+            kwargs[name] = value
+            continue
+        try:
+            kwargs[name] = json.loads(value)
+        except ValueError as exc:
+            detail = getattr(exc, "msg", str(exc))
+            raise UsageError(
+                f"argument {name}: {value!r} is not valid JSON ({detail}); "
+                f"{name}:=VALUE takes JSON, {name}=VALUE a string"
+            ) from None
+    return kwargs
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m aiosvc",
         description="Nova-style services for asyncio: run managers, call them, list them.",
     )
     parser.add_argument("--version", action="version", version=f"aiosvc {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="a .toml or KEY=VALUE settings file")
     common.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     common.add_argument(
@@ -69,10 +126,12 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--set",
         metavar="NAME=VALUE",
+        type=_setting,
         action="append",
         default=[],
         dest="overrides",
-        help="any setting, including a manager's own (repeatable)",
+        help="any setting, including a manager's own (repeatable); VALUE is JSON where it "
+        "parses, else a string, and is validated like the environment's",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -97,7 +156,12 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("topic")
         cmd.add_argument("method")
         cmd.add_argument(
-            "args", nargs="*", metavar="NAME=VALUE", help="values parse as JSON, else strings"
+            "args",
+            nargs="*",
+            metavar="ARG",
+            help="the method's arguments: NAME=VALUE passes the string VALUE, NAME:=JSON a JSON "
+            "value (size_gb:=3, tags:='[\"a\"]', force:=true); the service converts a string "
+            "to the parameter's type where it can (size_gb=3 reaches an int as 3)",
         )
         cmd.add_argument("--server", metavar="HOST", help="send to the service on this host only")
         cmd.add_argument(
@@ -105,7 +169,9 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--namespace", default=None)
         if name == "call":
-            cmd.add_argument("--timeout", type=float, metavar="S", help="seconds to wait")
+            cmd.add_argument(
+                "--timeout", type=_positive_seconds, metavar="S", help="seconds to wait (> 0)"
+            )
             cmd.add_argument("--json", action="store_true", help="compact JSON output")
         else:
             cmd.add_argument(
@@ -148,36 +214,39 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _load_settings(args: argparse.Namespace, settings_cls: type[Settings] = Settings) -> Settings:
-    overrides = _pairs(args.overrides, "--set")
+    overrides: dict[str, Any] = dict(args.overrides)  # (name, value) pairs, parsed by argparse
+    origins = dict.fromkeys(overrides, "--set")  # so an error names the flag, not a variable
     for flag in ("log_level", "transport_url", "database_url"):
         if getattr(args, flag, None) is not None:
             overrides[flag] = getattr(args, flag)
+            origins[flag] = "--" + flag.replace("_", "-")
     if getattr(args, "host", None) and args.command == "run":
         overrides["host"] = args.host
+        origins["host"] = "--host"
     unknown = set(overrides) - set(settings_cls.model_fields)
     if unknown and settings_cls is not Settings:
         raise ConfigError(
-            f"unknown setting(s) for {settings_cls.__name__}: {', '.join(sorted(unknown))}"
+            f"unknown setting(s) for {settings_cls.__name__}: "
+            + ", ".join(f"--set {name}" for name in sorted(unknown))
         )
     if unknown:
         overrides = {k: v for k, v in overrides.items() if k not in unknown}
-    return settings_cls.load(args.config, **overrides)
+    return settings_cls.load(args.config, _origins=origins, **overrides)
 
 
 # -- run
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .launcher import launch
-    from .service import Service
-
     if args.topic and len(args.manager) > 1:
         raise UsageError("--topic can only be given with a single --manager")
     classes: list[type[Manager]] = [load_object(path, Manager) for path in args.manager]
     known = set(Settings.model_fields).union(*(c.settings_class.model_fields for c in classes))
-    unknown = set(_pairs(args.overrides, "--set")) - known
+    unknown = {name for name, _ in args.overrides} - known
     if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            "unknown setting(s): " + ", ".join(f"--set {name}" for name in sorted(unknown))
+        )
     base = _load_settings(args)
     setup_logging(base.log_level)
     services = []
@@ -203,13 +272,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _with_client(args: argparse.Namespace, send: Callable[[Any], Awaitable[Any]]) -> Any:
-    from .rpc.client import RPCClient
-    from .transport import connect
-
     settings = _load_settings(args)
-    if settings.transport_url.startswith("memory:"):
+    if transport_class(settings.transport_url).in_process:
         raise UsageError(
-            "call and cast need a message broker shared with the services: "
+            f"call and cast need a message broker shared with the services, and "
+            f"{redact_url(settings.transport_url)} lives in this process only: "
             "set AIOSVC_TRANSPORT_URL (or --transport-url) to amqp://..."
         )
     async with connect(settings) as transport:
@@ -226,14 +293,14 @@ async def _with_client(args: argparse.Namespace, send: Callable[[Any], Awaitable
 
 
 def _cmd_call(args: argparse.Namespace) -> int:
-    kwargs = _pairs(args.args, "an argument")
+    kwargs = _call_args(args.args)
     result = asyncio.run(_with_client(args, lambda c: c.call(None, args.method, **kwargs)))
     print(json.dumps(result, separators=(",", ":")) if args.json else json.dumps(result, indent=2))
     return EXIT_OK
 
 
 def _cmd_cast(args: argparse.Namespace) -> int:
-    kwargs = _pairs(args.args, "an argument")
+    kwargs = _call_args(args.args)
     asyncio.run(_with_client(args, lambda c: c.cast(None, args.method, **kwargs)))
     return EXIT_OK
 
@@ -241,21 +308,22 @@ def _cmd_cast(args: argparse.Namespace) -> int:
 # -- services / db
 
 
-def _services_settings(args: argparse.Namespace) -> Settings:
+def _shared_store(args: argparse.Namespace) -> tuple[Settings, type[ServiceStore]]:
+    """The settings and the store class, for commands that read what services wrote."""
     settings = _load_settings(args)
-    if settings.database_url.startswith("memory:"):
-        # A memory:// store lives in one process: a listing would always be empty.
+    cls = store_class(settings.database_url)
+    if cls.in_process:
+        # An in-process store lives in one process: a listing would always be empty.
         raise UsageError(
-            "services commands need the database shared with the services: "
+            f"{args.command} commands need the database shared with the services, and "
+            f"{redact_url(settings.database_url)} lives in this process only: "
             "set AIOSVC_DATABASE_URL (or --database-url) to postgresql://..."
         )
-    return settings
+    return settings, cls
 
 
 def _cmd_services_list(args: argparse.Namespace) -> int:
-    from .store import get_store
-
-    settings = _services_settings(args)
+    settings, _ = _shared_store(args)
 
     async def fetch() -> list[Any]:
         async with get_store(settings, migrate=False) as store:
@@ -273,7 +341,9 @@ def _cmd_services_list(args: argparse.Namespace) -> int:
             r.host,
             r.topic,
             r.status,
-            r.state + (" (forced)" if r.forced_down else ""),
+            # Why it is down: forced by an operator, stopped gracefully (else it crashed
+            # or lost its link: no report for service_down_time).
+            _qualified(r.state, ("forced", r.forced_down), ("stopped", r.stopped)),
             (r.last_seen_up or r.updated_at or r.created_at).isoformat(timespec="seconds"),
             r.disabled_reason or "-",
         )
@@ -281,6 +351,12 @@ def _cmd_services_list(args: argparse.Namespace) -> int:
     ]
     print(_table(columns, rows))
     return EXIT_OK
+
+
+def _qualified(state: str, *reasons: tuple[str, bool]) -> str:
+    """``down (forced, stopped)``: the state with the reasons that hold, if any."""
+    held = [name for name, holds in reasons if holds]
+    return f"{state} ({', '.join(held)})" if held else state
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -296,9 +372,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _cmd_services_action(args: argparse.Namespace) -> int:
-    from .store import get_store
-
-    settings = _services_settings(args)
+    settings, _ = _shared_store(args)
 
     async def act() -> str:
         async with get_store(settings, migrate=False) as store:
@@ -319,7 +393,7 @@ def _cmd_services_action(args: argparse.Namespace) -> int:
             else:
                 r = await store.update(args.host, args.binary, forced_down=not args.unset)
             status = r.status + (f" ({r.disabled_reason})" if r.disabled_reason else "")
-            state = r.state + (" (forced down)" if r.forced_down else "")
+            state = _qualified(r.state, ("forced down", r.forced_down), ("stopped", r.stopped))
             done = f"{r.binary} on {r.host}: {status}, {state}"
             # Say what the change means for the service (it learns at its next report).
             if args.action == "disable" and r.is_up:
@@ -338,18 +412,13 @@ def _cmd_services_action(args: argparse.Namespace) -> int:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
-    settings = _load_settings(args)
-    if not settings.database_url.startswith(("postgresql:", "postgres:")):
-        raise UsageError("db commands need a PostgreSQL database_url (AIOSVC_DATABASE_URL)")
-    from .store import postgres
-
+    settings, store = _shared_store(args)
     if args.action == "upgrade":
-        applied = asyncio.run(postgres.upgrade(settings.database_url))
+        applied = asyncio.run(store.upgrade_schema(settings))
         print(f"applied migrations {applied}" if applied else "already up to date")
-        print(f"schema version {postgres.latest_version()}")
+        print(f"schema version {asyncio.run(store.schema_versions(settings))[1]}")
     else:
-        current = asyncio.run(postgres.current_version(settings.database_url))
-        latest = postgres.latest_version()
+        current, latest = asyncio.run(store.schema_versions(settings))
         hint = ""
         if current < latest:
             hint = "; run `python -m aiosvc db upgrade` to apply the pending migrations"
@@ -362,7 +431,10 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line's entry point; returns the exit status."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help and --version (0), or a bad command line (2, printed)
+        return int(exc.code or 0)
     debug = (args.log_level or "").upper() == "DEBUG"
     try:
         code: int = args.func(args)

@@ -8,7 +8,9 @@ form), which is unambiguous for nested names (``pkg.mod:Outer.Inner``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -43,7 +45,8 @@ def load_object(path: str, kind: Callable[..., Any] | None = None) -> Any:
     Raises:
         LoadError: the path is malformed; the module was not found; the module
             failed to import (the original error is chained); the module has no
-            such attribute; or the object is not a subclass of ``kind``.
+            such attribute; the path names a module, not an object in one; or the
+            object is not a subclass of ``kind``.
     """
     if not isinstance(path, str) or not _PATH.match(path.strip()):
         raise LoadError(
@@ -64,18 +67,38 @@ def load_object(path: str, kind: Callable[..., Any] | None = None) -> Any:
         try:
             obj = getattr(obj, attr)
         except AttributeError:
+            if isinstance(obj, types.ModuleType) and _is_submodule(f"{obj.__name__}.{attr}"):
+                raise _is_a_module(path, f"{obj.__name__}.{attr}") from None
             owner = (
                 module_name
                 if depth == 0
                 else f"{module_name}:{'.'.join(attr_path.split('.')[:depth])}"
             )
             raise LoadError(f"cannot load {path!r}: {owner!r} has no attribute {attr!r}") from None
+    if isinstance(obj, types.ModuleType):
+        raise _is_a_module(path, obj.__name__)
     if kind is not None and not (
         isinstance(obj, type) and isinstance(kind, type) and issubclass(obj, kind)
     ):
         name = getattr(kind, "__qualname__", repr(kind))
         raise LoadError(f"cannot load {path!r}: {obj!r} is not a subclass of {name}")
     return obj
+
+
+def _is_submodule(name: str) -> bool:
+    """Whether ``name`` is a module that could be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _is_a_module(path: str, module_name: str) -> LoadError:
+    # "examples.volume" for "examples.volume:VolumeManager": say which form is wanted.
+    return LoadError(
+        f"cannot load {path!r}: {module_name!r} is a module; "
+        "name a class in it as 'pkg.module:Class'"
+    )
 
 
 def _import(module_name: str, path: str) -> Any:

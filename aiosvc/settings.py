@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import socket
+import tomllib
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -29,6 +32,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from . import backends
 from .exceptions import ConfigError
 
 __all__ = ["Settings", "redact_url"]
@@ -40,11 +44,12 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "aiosvc_toml_file", default=None
 )
+# Set while loading settings that read explicit values only (Settings.load(isolated=True)).
+_explicit_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "aiosvc_explicit_only", default=False
+)
 
 S = TypeVar("S", bound="Settings")
-
-TRANSPORT_SCHEMES = ("memory", "amqp", "amqps")
-STORE_SCHEMES = ("memory", "postgresql", "postgres")
 
 
 class Settings(BaseSettings):
@@ -61,7 +66,6 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
     )
-    env_prefix: ClassVar[str] = "AIOSVC_"
 
     transport_url: str = Field(
         "memory://", description="Message broker: memory://, amqp://user:pass@host:5672/vhost"
@@ -102,6 +106,8 @@ class Settings(BaseSettings):
 
     # The --config file these settings were read from, so upgrade() reads it again.
     _config_file: Path | None = PrivateAttr(default=None)
+    # Read from explicit values only (tests), so reload_as() reads nothing else either.
+    _isolated: bool = PrivateAttr(default=False)
 
     @field_validator("allowed_remote_exceptions", mode="before")
     @classmethod
@@ -124,12 +130,12 @@ class Settings(BaseSettings):
     @field_validator("transport_url")
     @classmethod
     def _transport_scheme(cls, value: str) -> str:
-        return _check_scheme(value, TRANSPORT_SCHEMES)
+        return _check_scheme(value, backends.TRANSPORTS)
 
     @field_validator("database_url")
     @classmethod
     def _store_scheme(cls, value: str) -> str:
-        return _check_scheme(value, STORE_SCHEMES)
+        return _check_scheme(value, backends.STORES)
 
     @model_validator(mode="after")
     def _down_time_above_interval(self) -> Self:
@@ -154,6 +160,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if _explicit_only.get():
+            return (init_settings,)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = _toml_file.get()
         if toml is not None:
@@ -162,21 +170,35 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        *,
+        isolated: bool = False,
+        _origins: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Self:
         """Read the settings from every source, failing early with one clear error.
 
         Args:
             config_file: a ``.toml`` file of ``name = value`` lines, or a dotenv file
                 of ``AIOSVC_NAME=value`` lines; below the environment in priority.
+            isolated: read nothing but ``overrides`` and the defaults: no environment,
+                ``.env`` or file (what tests want; kept by :meth:`reload_as`).
+            _origins: where some overrides came from, for error messages: a flag
+                (``{"transport_url": "--transport-url"}``) or ``"--set"``.
             overrides: values that beat every source (the CLI flags).
 
         Raises:
-            ConfigError: a value is invalid; the message names the setting, its
-                environment variable and the reason.
+            ConfigError: a value is invalid; the message names the setting, where its
+                value came from (flag, environment variable, file) and the reason.
         """
+        if isolated and config_file is not None:
+            raise ConfigError("isolated settings read no config file")
         token = None
         kwargs: dict[str, Any] = {}
         path = None
+        explicit_only = _explicit_only.set(isolated)
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
@@ -188,17 +210,32 @@ class Settings(BaseSettings):
         try:
             settings = cls(**kwargs, **overrides)
         except ValidationError as exc:
-            raise config_error(exc, cls.env_prefix) from None
+            given = {k: ((_origins or {}).get(k, ""), v) for k, v in overrides.items()}
+            raise config_error(exc, cls._env_prefix(), given, path) from None
         except SettingsError as exc:
-            raise _source_error(exc, cls.env_prefix) from None
+            raise _source_error(exc, cls._env_prefix()) from None
         finally:
+            _explicit_only.reset(explicit_only)
             if token is not None:
                 _toml_file.reset(token)
         settings._config_file = path
+        settings._isolated = isolated
         return settings
 
-    def upgrade(self, settings_cls: type[S]) -> S:
+    @classmethod
+    def _env_prefix(cls) -> str:
+        return cls.model_config.get("env_prefix") or ""
+
+    @property
+    def isolated(self) -> bool:
+        """Whether these settings were read from explicit values only (``load(isolated=True)``)."""
+        return self._isolated
+
+    def reload_as(self, settings_cls: type[S]) -> S:
         """These settings as ``settings_cls`` (a subclass), reading its extra fields.
+
+        The sources are read again (environment, config file), since they may hold the
+        subclass's own fields; values given explicitly to :meth:`load` are kept.
 
         Raises:
             ConfigError: one of the subclass's own fields is invalid.
@@ -207,7 +244,7 @@ class Settings(BaseSettings):
             return self
         explicit = self.model_dump(include=self.model_fields_set)
         # Read the same config file again: it may hold the subclass's own fields.
-        return settings_cls.load(self._config_file, **explicit)
+        return settings_cls.load(self._config_file, isolated=self._isolated, **explicit)
 
     def public_dict(self) -> dict[str, Any]:
         """The settings with passwords removed from URLs, for logs and ``--help`` output."""
@@ -218,27 +255,85 @@ class Settings(BaseSettings):
         return data
 
 
-def _check_scheme(value: str, schemes: tuple[str, ...]) -> str:
+def _check_scheme(value: str, schemes: Collection[str]) -> str:
     scheme = urlsplit(value).scheme
-    if scheme not in schemes:
+    if not scheme:
         raise ValueError(
-            f"URL scheme must be one of {', '.join(schemes)}, got {scheme or 'none'!r}"
+            f"{redact_url(value)!r} is not a URL (no scheme): "
+            f"the URL scheme must be one of {', '.join(schemes)}"
         )
+    if scheme not in schemes:
+        raise ValueError(f"URL scheme must be one of {', '.join(schemes)}, got {scheme!r}")
     return value
 
 
-def config_error(exc: ValidationError, env_prefix: str = "AIOSVC_") -> ConfigError:
-    """One ConfigError naming every bad field, its variable and the reason; never a password."""
+def config_error(
+    exc: ValidationError,
+    env_prefix: str = "AIOSVC_",
+    given: Mapping[str, tuple[str, Any]] | None = None,
+    config_file: Path | None = None,
+) -> ConfigError:
+    """One ConfigError naming every bad field, where its value came from and the reason.
+
+    Never a password. A value comes from ``given`` (the fields passed explicitly, each
+    as ``(flag, value)``, the flag being ``"--transport-url"``, ``"--set"``, or ``""``
+    for a value passed in code), else from the first source holding it: the environment
+    variable, ``config_file``, ``.env``; else it is the default.
+    """
     problems = []
     for err in exc.errors(include_url=False):
         name = ".".join(str(part) for part in err["loc"]) or "settings"
-        given = err.get("input")
-        shown = redact_url(given) if isinstance(given, str) and "://" in given else given
         reason = err["msg"].removeprefix("Value error, ")
-        problems.append(
-            f"{name} ({env_prefix}{name.upper()}={shown!s}): {reason}" if err["loc"] else reason
-        )
+        if not err["loc"]:
+            problems.append(reason)
+            continue
+        field = str(err["loc"][0])
+        origin = _origin(field, err.get("input"), env_prefix, given or {}, config_file)
+        problems.append(f"{name} ({origin}): {reason}")
     return ConfigError("invalid setting " + "; ".join(problems))
+
+
+def _origin(
+    field: str,
+    value: Any,
+    env_prefix: str,
+    given: Mapping[str, tuple[str, Any]],
+    config_file: Path | None,
+) -> str:
+    """Where ``field``'s value came from, written the way the user wrote it."""
+    variable = f"{env_prefix}{field.upper()}"
+    if field in given:
+        flag, value = given[field]  # as given, not as a "before" validator left it
+        shown = _shown(field, value)
+        if flag == "--set":
+            return f"--set {field}={shown}"
+        return f"{flag} {shown!r}" if flag else f"{field}={shown!r} given to load()"
+    shown = _shown(field, value)
+    if any(name.upper() == variable for name in os.environ):
+        return f"{variable}={shown}"
+    for path in (config_file, Path(".env")):
+        if path is not None and _file_sets(path, field, variable):
+            toml = path.suffix == ".toml"
+            return f"{path}: {field} = {shown!r}" if toml else f"{path}: {variable}={shown}"
+    return f"default {shown!r}"
+
+
+def _shown(field: str, value: Any) -> Any:
+    url = isinstance(value, str) and ("://" in value or field.endswith("_url"))
+    return redact_url(value) if url else value
+
+
+def _file_sets(path: Path, field: str, variable: str) -> bool:
+    """Whether the config file ``path`` (TOML, or dotenv lines) gives a value for ``field``."""
+    from dotenv import dotenv_values  # pydantic-settings' own dependency
+
+    try:
+        if path.suffix == ".toml":
+            with path.open("rb") as f:
+                return field in {key.lower() for key in tomllib.load(f)}
+        return path.is_file() and variable in {key.upper() for key in dotenv_values(path)}
+    except (OSError, ValueError):
+        return False
 
 
 def _source_error(exc: SettingsError, env_prefix: str) -> ConfigError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -104,11 +105,37 @@ def test_call_cli_reports_invalid_arguments_and_service_keeps_serving(env: dict[
         assert "InvalidArguments" in lines[0]
         assert "size_gb" in lines[0]
         assert "Traceback" not in bad.stderr
+        # name=value is a string; the service converts it for an int parameter (lax mode).
         good = run_cli(
             ["call", "volume", "create_volume", "volume_id=v1", "size_gb=2", "--json"], env
         )
         assert good.returncode == 0, good.stderr
         assert '"size_gb":2' in good.stdout
+        # A str parameter takes a value that looks like a number; name:=json is raw JSON.
+        numeric = run_cli(
+            ["call", "volume", "create_volume", "volume_id=5", "size_gb:=3", "--json"], env
+        )
+        assert numeric.returncode == 0, numeric.stderr
+        assert json.loads(numeric.stdout) == {"id": "5", "size_gb": 3, "driver": "memory"}
+
+
+@pytest.mark.usefixtures("two_services")
+def test_call_cli_sends_strings_and_json_values(env: dict[str, str], topic: str) -> None:
+    # HTTPie's convention: name=value is always a string, name:=json a JSON value.
+    cases: list[tuple[str, Any]] = [
+        ("value=5", "5"),
+        ("value:=5", 5),
+        ("value=true", "true"),
+        ("value:=true", True),
+        ('value:=["a", 1]', ["a", 1]),
+        ('value:={"k": null}', {"k": None}),
+        ("value=a=b", "a=b"),
+        ("value=", ""),
+    ]
+    for arg, received in cases:
+        done = run_cli(["call", topic, "echo", arg, "--json"], env)
+        assert done.returncode == 0, (arg, done.stderr)
+        assert json.loads(done.stdout) == received, arg
 
 
 def test_call_cli_to_a_topic_nobody_consumes(env: dict[str, str]) -> None:

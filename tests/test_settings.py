@@ -383,26 +383,26 @@ def test_subclass_reads_its_own_fields_from_env(monkeypatch: pytest.MonkeyPatch)
     assert s.report_interval == 10
 
 
-def test_upgrade_reads_the_subclass_fields_and_keeps_explicit_values(
+def test_reload_as_reads_the_subclass_fields_and_keeps_explicit_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AIOSVC_WIDGET_COUNT", "7")
     base = Settings.load(report_interval=5, host="compute-1")
-    upgraded = base.upgrade(WidgetSettings)
+    upgraded = base.reload_as(WidgetSettings)
     assert isinstance(upgraded, WidgetSettings)
     assert upgraded.widget_count == 7
     assert upgraded.report_interval == 5
     assert upgraded.host == "compute-1"
 
 
-def test_upgrade_to_own_class_is_the_same_object() -> None:
+def test_reload_as_to_own_class_is_the_same_object() -> None:
     s = WidgetSettings.load()
-    assert s.upgrade(WidgetSettings) is s
-    assert s.upgrade(Settings) is s
+    assert s.reload_as(WidgetSettings) is s
+    assert s.reload_as(Settings) is s
 
 
 @pytest.mark.parametrize("config_name", ["svc.toml", "svc.env"])
-def test_upgrade_reads_the_subclass_fields_from_the_config_file(
+def test_reload_as_reads_the_subclass_fields_from_the_config_file(
     config_name: str, tmp_path: Path
 ) -> None:
     # An embedder loads the settings once and hands them to Service.create(); the
@@ -412,14 +412,32 @@ def test_upgrade_reads_the_subclass_fields_from_the_config_file(
         config.write_text("report_interval = 5\nwidget_count = 9\n")
     else:
         config.write_text("AIOSVC_REPORT_INTERVAL=5\nAIOSVC_WIDGET_COUNT=9\n")
-    upgraded = Settings.load(config).upgrade(WidgetSettings)
+    upgraded = Settings.load(config).reload_as(WidgetSettings)
     assert upgraded.report_interval == 5
     assert upgraded.widget_count == 9
 
 
-def test_upgrade_with_a_bad_subclass_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_as_with_a_bad_subclass_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIOSVC_WIDGET_COUNT", "many")
     base = Settings.load()  # the base class ignores the field
     with pytest.raises(ConfigError) as info:
-        base.upgrade(WidgetSettings)
+        base.reload_as(WidgetSettings)
     assert "widget_count (AIOSVC_WIDGET_COUNT=many)" in str(info.value)
+
+
+def test_isolated_settings_read_only_what_they_are_given(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AIOSVC_PERIODIC_INTERVAL=7\n")
+    monkeypatch.setenv("AIOSVC_REPORT_INTERVAL", "3")
+    monkeypatch.setenv("AIOSVC_WIDGET_COUNT", "11")
+    assert Settings.load().report_interval == 3  # not isolated: the environment counts
+    assert Settings.load().periodic_interval == 7  # and .env
+    isolated = Settings.load(isolated=True, host="h")
+    assert (isolated.report_interval, isolated.periodic_interval) == (10, 60)
+    assert isolated.isolated
+    widened = isolated.reload_as(WidgetSettings)
+    assert (widened.widget_count, widened.host, widened.isolated) == (3, "h", True)
+    with pytest.raises(ConfigError, match="isolated settings read no config file"):
+        Settings.load(tmp_path / ".env", isolated=True)
