@@ -2,10 +2,10 @@
 
 Layers (imports point down this list only; docs/architecture.md draws them):
 
-    leaves   exceptions, settings, context, loading, log
-    logic    periodic, rpc.protocol, rpc.dispatcher, manager   (no aio-pika, no asyncpg)
+    leaves   exceptions, settings, context, loading, log, clock, tasks, backends
+    logic    periodic, rpc.protocol, rpc.dispatcher, manager, scheduler   (no aio-pika, no asyncpg)
     edges    transport/ (memory, amqp), store/ (memory, postgres)   chosen by URL scheme
-    wiring   rpc.client, rpc.server, servicegroup, service, launcher
+    wiring   rpc.client, rpc.server, servicegroup, connections, capabilities, service, launcher
     faces    cli, __main__, testing/
 """
 
@@ -34,6 +34,8 @@ from .loading import load_object as load_object
 from .manager import Manager as Manager
 from .periodic import periodic_task as periodic_task
 from .rpc.client import RPCClient as RPCClient
+from .scheduler import HostCapabilities as HostCapabilities
+from .scheduler import SchedulerManager as SchedulerManager
 from .service import Service as Service
 from .servicegroup import ServiceGroup as ServiceGroup
 from .settings import Settings as Settings
@@ -46,6 +48,7 @@ __all__ = [
     "AiosvcError",
     "ConfigError",
     "Context",
+    "HostCapabilities",
     "InvalidArguments",
     "InvalidTarget",
     "LoadError",
@@ -57,6 +60,7 @@ __all__ = [
     "RPCClient",
     "RPCError",
     "RemoteError",
+    "SchedulerManager",
     "Service",
     "ServiceError",
     "ServiceGroup",

@@ -6,28 +6,52 @@ order. Implementation-specific work goes to a driver the manager loads with
 :func:`~aiosvc.loading.load_object`.
 
 RPC endpoints are the public methods (``async def``, or ``def`` run in a worker
-thread) that the manager's own classes define. Hooks, periodic tasks, anything defined
-on :class:`Manager` itself, and names starting with ``_`` are never callable.
+thread) that the manager's own classes define. Hooks, periodic tasks, names starting with
+``_`` and anything aiosvc's own bases define are never callable, except the endpoints
+those bases serve on purpose (``publish_service_capabilities``; a
+:class:`~aiosvc.scheduler.SchedulerManager`'s ``update_service_capabilities``). A method
+of the user's that would take a name aiosvc uses for something else is refused when the
+service is built (:class:`~aiosvc.exceptions.ServiceError`), never silently at call time.
 
-Nova: ``nova.manager.Manager`` (and cinder's ``SchedulerDependentManager`` for
-capabilities).
+A running service hands its manager what it needs from the service's own connections:
+:meth:`Manager.rpc_client` (RPC clients on the service's transport) and
+:attr:`Manager.servicegroup` (who is up, from the service's store). No manager opens a
+connection of its own.
+
+Capabilities (cinder's ``SchedulerDependentManager``): a manager calls
+:meth:`Manager.update_service_capabilities`, and its service publishes them to the
+scheduler by fanout cast: soon after start, at once when they change, and every
+``periodic_interval`` even if unchanged.
+
+Nova: ``nova.manager.Manager`` (and cinder's ``SchedulerDependentManager``).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .clock import Clock, MonotonicClock
 from .context import Context
+from .exceptions import ServiceError
 from .periodic import PeriodicRunner, collect_periodic_specs
 from .settings import Settings
 
-__all__ = ["Manager", "default_binary"]
+if TYPE_CHECKING:  # types only: the wiring layer hands these over at run time
+    from .connections import Connections
+    from .rpc.client import RPCClient
+    from .servicegroup import ServiceGroup
+
+__all__ = ["HOOKS", "Manager", "default_binary"]
 
 log = logging.getLogger(__name__)
+
+
+HOOKS = frozenset({"init_host", "pre_start_hook", "post_start_hook", "cleanup_host", "reset"})
+"""The methods a subclass overrides to be called by its service (never callable over RPC)."""
 
 
 def default_binary(topic: str | None) -> str:
@@ -56,6 +80,10 @@ class Manager:
     RPC_NAMESPACE: ClassVar[str | None] = None
     SERVICE_VERSION: ClassVar[int] = 1
     settings_class: ClassVar[type[Settings]] = Settings
+    # The RPC endpoints an aiosvc base class serves on purpose: wire name -> method name.
+    _framework_endpoints: ClassVar[Mapping[str, str]] = {
+        "publish_service_capabilities": "publish_service_capabilities"
+    }
 
     def __init__(
         self,
@@ -74,6 +102,47 @@ class Manager:
         self.last_capabilities: dict[str, Any] | None = None
         self.service_record: Any = None
         self._periodic: PeriodicRunner | None = None
+        self._connections: Connections | None = None
+        # Set by the running service to "publish the capabilities now".
+        self._capabilities_wanted: Callable[[], None] = _nothing
+
+    # -- what the service shares
+
+    def attach(self, connections: Connections | None) -> None:
+        """Called by the service: its connections, from before ``init_host`` until closed."""
+        self._connections = connections
+
+    def watch_capabilities(self, callback: Callable[[], None] | None) -> None:
+        """Called by the service: ``callback()`` whenever the capabilities should go out now
+        (they changed, or a scheduler asked); ``None`` stops it."""
+        self._capabilities_wanted = callback or _nothing
+
+    @property
+    def connections(self) -> Connections:
+        """The running service's transport, store and service group.
+
+        Raises:
+            ServiceError: the manager is not running in a service (yet, or any more).
+        """
+        if self._connections is None:
+            raise ServiceError(
+                f"{type(self).__name__} is not running in a service: its connections are "
+                "there from init_host until the service stops"
+            )
+        return self._connections
+
+    def rpc_client(self, topic: str, **options: Any) -> RPCClient:
+        """An :class:`~aiosvc.RPCClient` for ``topic`` on the service's own transport.
+
+        ``options`` are the client's (``version``, ``timeout``, ``server``, ``fanout``...).
+        Cheap: make one per use or keep it; no connection is opened.
+        """
+        return self.connections.rpc_client(topic, **options)
+
+    @property
+    def servicegroup(self) -> ServiceGroup:
+        """Who is up and enabled, from the service's own store (``servicegroup.list()``)."""
+        return self.connections.servicegroup
 
     # -- hooks (Nova order: init_host, record, pre_start_hook, consumers, post_start_hook)
 
@@ -115,31 +184,91 @@ class Manager:
     # -- capabilities
 
     def update_service_capabilities(self, capabilities: Mapping[str, Any]) -> None:
-        """Remember this service's capabilities, for the scheduler to be told of them.
+        """Set this service's capabilities; its service tells the scheduler at once.
+
+        They are published again every ``periodic_interval`` even when unchanged, so a
+        scheduler that restarts learns every host within one interval.
 
         Nova: ``SchedulerDependentManager.update_service_capabilities``.
+
+        Raises:
+            TypeError: the capabilities are not a JSON object (they travel as JSON).
         """
-        self.last_capabilities = dict(capabilities)
+        if not isinstance(capabilities, Mapping):
+            raise TypeError(f"capabilities must be a mapping, got {type(capabilities).__name__}")
+        try:
+            fresh = json.loads(json.dumps(dict(capabilities), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"capabilities must be JSON: {exc}") from None
+        changed = fresh != self.last_capabilities
+        self.last_capabilities = fresh
+        if changed:
+            self._capabilities_wanted()
+
+    async def publish_service_capabilities(self, ctx: Context) -> None:
+        """RPC: publish the capabilities now (what a scheduler asks every host on start).
+
+        Nothing happens while there are none. Cinder: ``publish_service_capabilities``.
+        """
+        self._capabilities_wanted()
 
     # -- RPC endpoints
 
     @classmethod
     def rpc_methods(cls) -> dict[str, Callable[..., Any]]:
-        """The methods callable over RPC, by name (plain functions, unbound)."""
-        hidden = set(dir(Manager)) | set(collect_periodic_specs(cls))
+        """The methods callable over RPC, by wire name (plain functions, unbound).
+
+        Raises:
+            ServiceError: a method of the subclass takes a name an aiosvc base uses for
+                something else (a clash would make it silently not callable).
+        """
+        bases = [k for k in cls.__mro__ if _is_framework(k)]
+        wire: dict[str, str] = {}  # method name -> wire name, of the bases' endpoints
+        for base in reversed(bases):
+            for wire_name, method in vars(base).get("_framework_endpoints", {}).items():
+                wire[method] = wire_name
+        taken = {name: base for base in reversed(bases) for name in vars(base)}
+        periodic = set(collect_periodic_specs(cls))
         methods: dict[str, Callable[..., Any]] = {}
         for klass in reversed(cls.__mro__):
-            if klass is object or issubclass(Manager, klass):
+            if _is_framework(klass):
                 continue
             for name, value in vars(klass).items():
-                if name.startswith("_") or name in hidden:
-                    continue
+                if name.startswith("_") or name in periodic or name in HOOKS or name in wire:
+                    continue  # an override of a base's endpoint is served under its wire name
+                if name in taken and name not in wire and inspect.isfunction(value):
+                    raise ServiceError(_clash(klass, name, taken[name]))
                 if inspect.isfunction(value):
                     methods[name] = value
                 elif name in methods:
                     # A subclass replaced an endpoint with a non-method: not callable now.
                     del methods[name]
-        return methods
+        for method, wire_name in wire.items():
+            methods.setdefault(wire_name, getattr(cls, method))
+        return dict(sorted(methods.items()))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} topic={self.topic!r} host={self.host!r}>"
+
+
+def _nothing() -> None:
+    pass
+
+
+def _is_framework(klass: type) -> bool:
+    """One of aiosvc's own base classes (or ``object``)."""
+    return klass is object or klass.__module__.split(".")[0] == "aiosvc"
+
+
+def _clash(klass: type, name: str, base: type) -> str:
+    hint = ""
+    if name == "update_service_capabilities":
+        hint = (
+            "; to receive other hosts' capabilities, subclass aiosvc.SchedulerManager and "
+            "override receive_service_capabilities"
+        )
+    return (
+        f"{klass.__qualname__}.{name}() cannot be an RPC method: {name} is "
+        f"aiosvc.{base.__qualname__}'s, and calls to it would never reach yours; "
+        f"rename it{hint}"
+    )

@@ -29,13 +29,16 @@ from typing import Any, Self
 import anyio
 from anyio.abc import TaskStatus
 
+from .capabilities import CapabilityPublisher
 from .clock import Clock
+from .connections import Connections
 from .exceptions import ConfigError, ServiceError, ServiceNotFound
 from .loading import load_object
 from .log import current_service
 from .manager import Manager, default_binary
 from .rpc.dispatcher import Dispatcher
 from .rpc.server import RPCServer
+from .scheduler import SchedulerManager
 from .servicegroup import ServiceGroup
 from .settings import Settings
 from .store import ServiceStore, get_store
@@ -82,7 +85,11 @@ class Service:
         self.transport: Transport | None = transport
         self.store: ServiceStore | None = store
         self.servicegroup: ServiceGroup | None = None
+        self.connections: Connections | None = None
         self.rpc_server: RPCServer | None = None
+        # Built now, so a manager whose methods cannot be served fails here, before any
+        # connection is opened (ServiceError naming the method, TypeError for a signature).
+        self._dispatcher = Dispatcher(manager)
         self.record: ServiceRecord | None = None
         self.started = False
         self._stop_requested = anyio.Event()
@@ -175,7 +182,7 @@ class Service:
             self.manager.service_record = self.record
             await self.manager.pre_start_hook()
             self.rpc_server = RPCServer(
-                self.transport, Dispatcher(self.manager), self.topic, self.host, self.settings
+                self.transport, self._dispatcher, self.topic, self.host, self.settings
             )
             await self._run(task_status)
         except BaseException as exc:
@@ -198,7 +205,7 @@ class Service:
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
         assert self.rpc_server is not None and self.servicegroup is not None
-        assert self.record is not None
+        assert self.record is not None and self.connections is not None
         periodic_done = anyio.Event()
 
         async def run_periodic() -> None:
@@ -211,6 +218,15 @@ class Service:
             await tg.start(self.rpc_server.run)
             if self.record.disabled:
                 await self.rpc_server.pause_shared()
+            publisher = CapabilityPublisher(
+                self.manager,
+                self.connections.rpc_client(self.settings.scheduler_topic),
+                self.binary,
+                self.settings.periodic_interval,
+            )
+            tg.start_soon(publisher.run, name=f"capabilities of {self.binary}")
+            if isinstance(self.manager, SchedulerManager):
+                await self.manager.request_capabilities()
             await self.manager.post_start_hook()
             if self.settings.periodic_enable:
                 tg.start_soon(run_periodic, name=f"periodic tasks of {self.binary}")
@@ -279,6 +295,8 @@ class Service:
             self.store = get_store(self.settings)
             await self.store.connect()
         self.servicegroup = ServiceGroup(self.store, self.settings, self.manager.clock)
+        self.connections = Connections(self.transport, self.store, self.servicegroup, self.settings)
+        self.manager.attach(self.connections)
 
     async def _cleanup_host(self) -> None:
         try:
@@ -297,6 +315,8 @@ class Service:
         if self.store is not None and self._owns_store:
             await _close_quietly(self.store, "service store")
             self.store = None
+        self.manager.attach(None)
+        self.connections = None
         if self.transport is not None and self._owns_transport:
             await _close_quietly(self.transport, "transport")
             self.transport = None

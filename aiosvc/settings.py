@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     rpc_max_concurrency: int = Field(
         64, ge=1, description="Handlers run at once per service (AMQP prefetch)"
     )
+    scheduler_topic: str = Field(
+        "scheduler",
+        min_length=1,
+        description="Topic the services publish their capabilities to (fanout cast)",
+    )
+    capabilities_wait: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds a new scheduler waits for every live host's capabilities",
+    )
     amqp_durable_queues: bool = True
     amqp_quorum_queues: bool = False
     allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(

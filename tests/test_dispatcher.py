@@ -231,6 +231,7 @@ async def test_explicit_version_overrides_the_managers(manager: VolumeAPI) -> No
         "refresh_stats",  # a periodic task, even with a public name
         "periodic_tasks",
         "update_service_capabilities",
+        "watch_capabilities",
         "rpc_methods",
         "__init__",
         "__class__",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aiosvc import Context, Manager, Service, Settings, periodic_task
+from aiosvc import Context, Manager, Service, ServiceError, Settings, periodic_task
 from aiosvc.testing import isolated_settings
 from examples.volume import VolumeManager, VolumeSettings
 
@@ -80,7 +80,12 @@ class ComputeManager(ComputeBase):
 
 def test_endpoints_are_public_methods_of_the_managers_own_classes() -> None:
     methods = ComputeManager.rpc_methods()
-    assert set(methods) == {"ping", "build_instance", "get_console_output"}
+    assert set(methods) == {
+        "ping",
+        "build_instance",
+        "get_console_output",
+        "publish_service_capabilities",  # served by every manager, on purpose
+    }
     assert methods["build_instance"] is ComputeManager.build_instance
     assert methods["ping"] is ComputeBase.ping
 
@@ -106,6 +111,9 @@ def test_endpoints_are_public_methods_of_the_managers_own_classes() -> None:
         "update_service_capabilities",
         "rpc_methods",
         "periodic",
+        "rpc_client",
+        "servicegroup",
+        "attach",
         "__init__",
     ],
 )
@@ -113,8 +121,10 @@ def test_not_an_endpoint(name: str) -> None:
     assert name not in ComputeManager.rpc_methods()
 
 
-def test_manager_itself_has_no_endpoints() -> None:
-    assert Manager.rpc_methods() == {}
+def test_manager_itself_serves_only_publish_service_capabilities() -> None:
+    assert Manager.rpc_methods() == {
+        "publish_service_capabilities": Manager.publish_service_capabilities
+    }
 
 
 def test_sync_and_async_endpoints_both_count() -> None:
@@ -123,7 +133,7 @@ def test_sync_and_async_endpoints_both_count() -> None:
 
         async def async_one(self, ctx: Context) -> None: ...
 
-    assert set(M.rpc_methods()) == {"sync_one", "async_one"}
+    assert set(M.rpc_methods()) == {"sync_one", "async_one", "publish_service_capabilities"}
 
 
 def test_subclass_override_of_an_endpoint_is_the_endpoint() -> None:
@@ -166,7 +176,60 @@ def test_mixin_subclassing_manager_contributes_endpoints() -> None:
 
 
 def test_volume_example_endpoints() -> None:
-    assert set(VolumeManager.rpc_methods()) == {"create_volume", "delete_volume", "list_volumes"}
+    assert set(VolumeManager.rpc_methods()) == {
+        "create_volume",
+        "delete_volume",
+        "list_volumes",
+        "publish_service_capabilities",
+    }
+
+
+# -- names aiosvc uses: a method of the user's that takes one is refused, never silently hidden
+
+
+def test_a_method_named_like_a_framework_method_is_refused() -> None:
+    class NovaStyleScheduler(Manager):
+        # Nova's scheduler endpoint, ported by hand: Manager already has this name.
+        async def update_service_capabilities(  # type: ignore[override]
+            self, ctx: Context, service_name: str, host: str, capabilities: dict[str, Any]
+        ) -> None: ...
+
+    with pytest.raises(ServiceError) as info:
+        NovaStyleScheduler.rpc_methods()
+    message = str(info.value)
+    assert "NovaStyleScheduler.update_service_capabilities() cannot be an RPC method" in message
+    assert "aiosvc.Manager's" in message
+    assert "subclass aiosvc.SchedulerManager and override receive_service_capabilities" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["rpc_methods", "periodic_tasks", "rpc_client", "attach"])
+def test_every_framework_name_is_refused(name: str) -> None:
+    cls = type("Clash", (Manager,), {name: lambda self, ctx: None})
+    with pytest.raises(ServiceError, match=rf"Clash\.{name}\(\) cannot be an RPC method"):
+        Manager.rpc_methods.__func__(cls)  # type: ignore[attr-defined]
+
+
+def test_overriding_a_hook_or_a_framework_endpoint_is_fine() -> None:
+    class Fine(Manager):
+        async def init_host(self) -> None: ...
+
+        async def reset(self) -> None: ...
+
+        async def publish_service_capabilities(self, ctx: Context) -> None: ...
+
+    assert Fine.rpc_methods() == {"publish_service_capabilities": Fine.publish_service_capabilities}
+
+
+def test_a_clash_fails_the_service_before_it_connects() -> None:
+    class Clash(Manager):
+        topic = "clash"
+
+        async def periodic_tasks(self, ctx: Context) -> None:  # type: ignore[override]
+            ...
+
+    with pytest.raises(ServiceError, match=r"Clash\.periodic_tasks"):
+        Service.create(Clash, settings=isolated_settings())
 
 
 # -- construction
@@ -258,6 +321,42 @@ def test_update_service_capabilities_keeps_a_copy(settings: Settings) -> None:
     assert manager.last_capabilities == {"free_ram_mb": 1024, "hypervisor": "kvm"}
     manager.update_service_capabilities({"free_ram_mb": 512})
     assert manager.last_capabilities == {"free_ram_mb": 512}  # replaced, not merged
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "why"),
+    [
+        ({"when": object()}, "capabilities must be JSON: Object of type object"),
+        ({"free": float("nan")}, "capabilities must be JSON: Out of range float values"),
+        (["not", "a", "mapping"], "capabilities must be a mapping, got list"),
+    ],
+)
+def test_capabilities_that_are_not_json_are_refused_at_once(
+    settings: Settings, capabilities: Any, why: str
+) -> None:
+    manager = ComputeManager(settings=settings)
+    manager.update_service_capabilities({"ok": 1})
+    with pytest.raises(TypeError, match=why):
+        manager.update_service_capabilities(capabilities)
+    assert manager.last_capabilities == {"ok": 1}  # the last good ones stay
+
+
+def test_a_change_of_capabilities_asks_for_a_publish_and_no_change_does_not(
+    settings: Settings,
+) -> None:
+    manager = ComputeManager(settings=settings)
+    asked: list[int] = []
+    manager.watch_capabilities(lambda: asked.append(1))
+    manager.update_service_capabilities({"free": 1})
+    manager.update_service_capabilities({"free": 1})  # the same: the interval covers it
+    manager.update_service_capabilities({"free": 2})
+    assert len(asked) == 2
+
+
+def test_connections_outside_a_service_say_so(settings: Settings) -> None:
+    manager = ComputeManager(settings=settings)
+    with pytest.raises(ServiceError, match="ComputeManager is not running in a service"):
+        manager.rpc_client("volume")
 
 
 async def test_volume_example_publishes_capabilities_from_its_periodic_task(

@@ -30,6 +30,7 @@ PUBLIC_API = [
     "AiosvcError",
     "ConfigError",
     "Context",
+    "HostCapabilities",
     "InvalidArguments",
     "InvalidTarget",
     "LoadError",
@@ -41,6 +42,7 @@ PUBLIC_API = [
     "RPCClient",
     "RPCError",
     "RemoteError",
+    "SchedulerManager",
     "Service",
     "ServiceError",
     "ServiceGroup",
@@ -72,9 +74,17 @@ LAYERS: dict[str, list[str]] = {
         "aiosvc.settings",
         "aiosvc.tasks",
     ],
-    "logic": ["aiosvc.manager", "aiosvc.periodic", "aiosvc.rpc.dispatcher", "aiosvc.rpc.protocol"],
+    "logic": [
+        "aiosvc.manager",
+        "aiosvc.periodic",
+        "aiosvc.rpc.dispatcher",
+        "aiosvc.rpc.protocol",
+        "aiosvc.scheduler",
+    ],
     "edges": ["aiosvc.store", "aiosvc.transport"],
     "wiring": [
+        "aiosvc.capabilities",
+        "aiosvc.connections",
         "aiosvc.launcher",
         "aiosvc.rpc.client",
         "aiosvc.rpc.server",
@@ -163,7 +173,7 @@ def _scan(root: Path) -> dict[str, set[str]]:
     for module, path in paths.items():
         package = module if path.name == "__init__.py" else module.rpartition(".")[0]
         found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -178,6 +188,19 @@ def _scan(root: Path) -> dict[str, set[str]]:
                     found.add(sub if sub in paths else target)
         graph[module] = found
     return graph
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node but those under ``if TYPE_CHECKING:``: imports for type hints never run,
+    so they may name a module above (the wiring hands a manager its connections)."""
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in _TYPE_CHECKING:
+            typing_only.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return [n for n in ast.walk(tree) if id(n) not in typing_only]
+
+
+_TYPE_CHECKING = {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
 
 
 def _is_within(name: str, prefix: str) -> bool:
@@ -238,6 +261,9 @@ def test_the_scanner_sees_relative_and_absolute_imports() -> None:
     assert "aiosvc.service" in graph["aiosvc.launcher"]
     assert "aiosvc.transport.topology" in graph["aiosvc.transport.memory"]  # from . import x
     assert "aio_pika" in graph["aiosvc.transport.amqp.transport"]
+    # Imports for type hints only never run: the manager names the wiring's types so.
+    assert "aiosvc.connections" not in graph["aiosvc.manager"]
+    assert "aiosvc.exceptions" in graph["aiosvc.manager"]
 
 
 def test_every_module_is_in_a_layer() -> None:
@@ -259,6 +285,7 @@ def test_imports_point_down_and_edges_stay_apart() -> None:
         ("transport/memory.py", "from ..service import Service", "in a layer above it"),
         ("manager.py", "from .rpc.server import RPCServer", "in a layer above it"),
         ("clock.py", "from .periodic import PeriodicRunner", "in a layer above it"),
+        ("manager.py", "if True:\n    from .connections import Connections", "in a layer above"),
         ("store/memory.py", "import asyncpg", "only aiosvc.store.postgres may"),
         ("rpc/client.py", "import aio_pika", "only aiosvc.transport.amqp may"),
     ],

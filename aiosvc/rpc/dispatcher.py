@@ -119,7 +119,7 @@ class Dispatcher:
 
 
 def _build_endpoint(manager: Manager, name: str, func: Callable[..., Any]) -> _Endpoint:
-    bound = getattr(manager, name)
+    bound = getattr(manager, func.__name__)  # the wire name may differ (an aiosvc endpoint)
     signature = inspect.signature(func)
     try:
         hints = typing.get_type_hints(func, include_extras=True)
