@@ -37,7 +37,10 @@ AMQP_URL_ENV = "AIOSVC_TEST_AMQP_URL"
 DATABASE_URL_ENV = "AIOSVC_TEST_DATABASE_URL"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
-_SERVER_FIXTURES = {"amqp": {"amqp_url", "rabbitmq"}, "postgres": {"database_url", "postgres"}}
+_SERVER_FIXTURES = {
+    "amqp": {"amqp_url", "rabbitmq", "fresh_amqp_url"},
+    "postgres": {"database_url", "postgres", "fresh_database_url"},
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects anything
@@ -142,6 +145,25 @@ async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def fresh_amqp_url(request: pytest.FixtureRequest, amqp_url: str) -> Iterator[str]:
+    """URL of a new, empty virtual host on the session's RabbitMQ; deleted after the test.
+
+    For tests that run services with fixed topics (the examples' ``volume``, ``scheduler``):
+    a queue's arguments are fixed when first declared, so tests must not share its vhost.
+    """
+    node = cast("RabbitNode | None", request.getfixturevalue("rabbitmq"))
+    if node is None:
+        _unavailable(f"a fresh vhost needs the session's own RabbitMQ node ({AMQP_URL_ENV} is set)")
+    vhost = f"aiosvc-test-{uuid.uuid4().hex[:12]}"
+    node.rabbitmqctl("add_vhost", vhost)
+    node.rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield urlunsplit(urlsplit(amqp_url)._replace(path=f"/{vhost}"))
+    finally:
+        node.rabbitmqctl("delete_vhost", vhost)
 
 
 # ================================================================================================

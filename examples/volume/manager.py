@@ -5,7 +5,10 @@ Shows the three parts of a Nova-style service:
 * options of its own, in a :class:`aiosvc.Settings` subclass (``settings.py``);
 * methods callable over RPC (``create_volume``, ``delete_volume``, ``list_volumes``),
   whose type hints are checked before they run;
-* periodic tasks: one that runs at start and then every 30 s, one every 5 minutes.
+* periodic tasks: one that runs at start and then every 30 s, one every 5 minutes;
+* capabilities for the scheduler (``update_service_capabilities``): its service publishes
+  them at once when they change (a volume created or deleted) and every
+  ``periodic_interval``.
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ class VolumeManager(Manager):
             raise ValueError(f"size_gb must be positive, got {size_gb}")
         volume = await self.driver.create(volume_id, size_gb)
         log.info("Created volume %s (%d GiB)", volume_id, size_gb)
+        self.update_service_capabilities(await self.driver.stats())  # the scheduler, at once
         return volume
 
     async def delete_volume(self, ctx: Context, volume_id: str) -> None:
         """Delete a volume (API 1.0)."""
         await self.driver.delete(volume_id)
         log.info("Deleted volume %s", volume_id)
+        self.update_service_capabilities(await self.driver.stats())
 
     async def list_volumes(self, ctx: Context) -> list[dict[str, Any]]:
         """Every volume on this host (API 1.1)."""
