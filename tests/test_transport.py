@@ -545,18 +545,21 @@ async def test_amqp_survives_a_broker_restart(rabbitmq: Any, amqp_url: str, topi
         pending = asyncio.ensure_future(client.call(silent, b"hang", message_id="hang", timeout=60))
         await asyncio.sleep(0)  # let the call publish before the broker goes
 
-        started = time.monotonic()
         await _run(rabbitmq.stop_app)
-        # A call waiting when the connection drops fails now, not after 60 s.
-        with anyio.fail_after(WAIT), pytest.raises(TransportError):
-            await pending
-        assert time.monotonic() - started < WAIT
-        # A call while the broker is down fails within its own timeout.
-        with pytest.raises(MessagingTimeout, match="unreachable"):
-            await client.call(topic, b"down", message_id="d", timeout=1)
-        # A cast while the broker is down waits for it (up to rpc_response_timeout).
-        waiting_cast = asyncio.ensure_future(client.cast(topic, b"cast-during", message_id="cd"))
-        await _run(rabbitmq.start_app)
+        try:
+            # A call waiting when the connection drops fails now (TransportError), not at
+            # its 60 s timeout (MessagingTimeout).
+            with anyio.fail_after(WAIT), pytest.raises(TransportError):
+                await pending
+            # A call while the broker is down fails within its own timeout.
+            with pytest.raises(MessagingTimeout, match="unreachable"):
+                await client.call(topic, b"down", message_id="d", timeout=1)
+            # A cast while the broker is down waits for it (up to rpc_response_timeout).
+            waiting_cast = asyncio.ensure_future(
+                client.cast(topic, b"cast-during", message_id="cd")
+            )
+        finally:
+            await _run(rabbitmq.start_app)  # also when the test failed: later tests need it
 
         # Same objects, no help: calls work again and the consumer is back.
         async def answered() -> bool:
