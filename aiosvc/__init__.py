@@ -1,11 +1,12 @@
 """aiosvc: Nova-style Services, Managers and Drivers for asyncio.
 
-Layers (imports point down this list only; docs/architecture.md draws them):
+Layers (imports point down this list only; docs/architecture.md draws them)::
 
     leaves   exceptions, settings, context, loading, log, clock, tasks, backends
     logic    periodic, rpc.protocol, rpc.dispatcher, manager, scheduler   (no aio-pika, no asyncpg)
     edges    transport/ (memory, amqp), store/ (memory, postgres)   chosen by URL scheme
     wiring   rpc.client, rpc.server, servicegroup, connections, capabilities, service, launcher
+             api (APIService on uvicorn, aiosvc[api]: never imported here), workers
     faces    cli, __main__, testing/
 """
 

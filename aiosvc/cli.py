@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
 
 from . import __version__
 from .exceptions import AiosvcError, ConfigError, ServiceError
@@ -24,10 +28,15 @@ from .loading import load_object
 from .log import setup_logging
 from .manager import Manager
 from .rpc.client import RPCClient
-from .service import Service
+from .service import CLOSE_TIMEOUT, Service
 from .settings import Settings, redact_url
 from .store import ServiceStore, get_store, store_class
-from .transport import connect, transport_class
+from .tasks import unwrap_group
+from .transport import Transport, connect, get_transport, transport_class
+from .workers import ParentLink, ProcessLauncher, stop_timeout
+
+if TYPE_CHECKING:  # aiosvc.api needs uvicorn: imported only when --api is given
+    from .api import ASGIApp
 
 __all__ = ["main"]
 
@@ -69,6 +78,16 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return seconds
+
+
+def _workers(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return count
 
 
 def _call_args(items: Sequence[str]) -> dict[str, Any]:
@@ -135,17 +154,36 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", parents=[common], help="run one or more managers as services")
+    run = sub.add_parser(
+        "run", parents=[common], help="run managers as services, and an API service"
+    )
     run.add_argument(
         "--manager",
         action="append",
-        required=True,
+        default=[],
         metavar="PATH",
         help="a Manager subclass, pkg.mod:Class (repeat to run several services)",
     )
+    run.add_argument(
+        "--api",
+        metavar="PATH",
+        help="an ASGI application, pkg.mod:app, served over HTTP on api_listen:api_port by "
+        "an API service (needs pip install 'aiosvc[api]')",
+    )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="run N worker processes, restarted when they die; with --api they share one port",
+    )
     run.add_argument("--topic", help="the RPC topic (default: the manager's topic)")
     run.add_argument("--host", help="this host's name (default: the machine's name)")
-    run.add_argument("--binary", help="the service's binary name (default: aiosvc-<topic>)")
+    run.add_argument(
+        "--binary", help="the manager's service's binary name (default: aiosvc-<topic>)"
+    )
+    # Given by a --workers parent to each worker: the socket to serve, the link to it.
+    run.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=_cmd_run)
 
     for name, helptext in (
@@ -238,9 +276,12 @@ def _load_settings(args: argparse.Namespace, settings_cls: type[Settings] = Sett
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    if args.topic and len(args.manager) > 1:
+    if not args.manager and args.api is None:
+        raise UsageError("run needs --manager PATH, --api PATH, or both")
+    if args.topic and len(args.manager) != 1:
         raise UsageError("--topic can only be given with a single --manager")
     classes: list[type[Manager]] = [load_object(path, Manager) for path in args.manager]
+    app = _load_app(args.api) if args.api is not None else None
     known = set(Settings.model_fields).union(*(c.settings_class.model_fields for c in classes))
     unknown = {name for name, _ in args.overrides} - known
     if unknown:
@@ -249,16 +290,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     base = _load_settings(args)
     setup_logging(base.log_level)
-    services = []
-    for cls in classes:
-        settings = _load_settings(args, cls.settings_class)
-        services.append(
-            Service.create(
-                cls, topic=args.topic, host=args.host, binary=args.binary, settings=settings
+    if args.workers is not None:
+        if transport_class(base.transport_url).in_process:
+            raise UsageError(
+                f"--workers {args.workers}: worker processes cannot share an in-process "
+                f"broker, and {redact_url(base.transport_url)} lives in one process only: "
+                "set AIOSVC_TRANSPORT_URL (or --transport-url) to amqp://..."
             )
-        )
+        # Built here only to fail early, in one line; each worker builds its own.
+        services = _services(args, base, classes, app)
+        return _run_workers(args, base, len(services))
+    # The services of one process share its connections: two to the broker (one
+    # consuming, one publishing) and one database pool, whatever they and the app call.
+    transport, store = get_transport(base), get_store(base)
+    services = _services(args, base, classes, app, transport=transport, store=store)
+    link = ParentLink(args.parent_fd) if args.parent_fd is not None else None
     try:
-        return asyncio.run(launch(*services))
+        return asyncio.run(_serve(services, transport, store, link))
     except (AiosvcError, OSError):
         raise
     except Exception as exc:
@@ -266,6 +314,111 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # other failure; --log-level DEBUG shows the traceback.
         which = services[0].binary if len(services) == 1 else "a service"
         raise ServiceError(f"{which} failed to start: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_app(path: str) -> ASGIApp:
+    from .api import load_app  # LoadError naming the extra when uvicorn is missing
+
+    return load_app(path)
+
+
+def _services(
+    args: argparse.Namespace,
+    settings: Settings,
+    classes: Sequence[type[Manager]],
+    app: ASGIApp | None,
+    *,
+    transport: Transport | None = None,
+    store: ServiceStore | None = None,
+) -> list[Service]:
+    """The managers' services, then the API service (started last, stopped first), on
+    ``transport`` and ``store`` (or, to check them only, on none)."""
+    services = [
+        Service.create(
+            cls,
+            topic=args.topic,
+            host=args.host,
+            binary=args.binary,
+            settings=_load_settings(args, cls.settings_class),
+            transport=transport,
+            store=store,
+        )
+        for cls in classes
+    ]
+    if app is not None:
+        from .api import APIService
+
+        given = args.listen_fd is not None and transport is not None
+        services.append(
+            APIService.create(
+                app=app,
+                host=args.host,
+                settings=settings,
+                transport=transport,
+                store=store,
+                listen_socket=socket.socket(fileno=args.listen_fd) if given else None,
+            )
+        )
+    return services
+
+
+async def _serve(
+    services: Sequence[Service], transport: Transport, store: ServiceStore, link: ParentLink | None
+) -> int:
+    """Connect the process's transport and store, launch the services, close them."""
+    with link.watch() if link is not None else contextlib.nullcontext():
+        try:
+            try:
+                async with anyio.create_task_group() as tg:  # both at once: a quicker start
+                    tg.start_soon(transport.connect)
+                    tg.start_soon(store.connect)
+            except BaseException as exc:
+                raise unwrap_group(exc) from None
+            return await launch(*services, on_started=link.ready if link is not None else None)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                for name, resource in (("service store", store), ("transport", transport)):
+                    try:
+                        await resource.close()
+                    except Exception as exc:
+                        log.error("Could not close the %s: %s", name, exc)
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings, services: int) -> int:
+    """Be the parent of ``--workers`` processes, each running the same ``run``."""
+    listen_socket = None
+    if args.api is not None:
+        from .api import listen, url_of
+
+        listen_socket = listen(settings.api_listen, settings.api_port)
+        log.info("API listening on %s, shared by %d worker(s)", url_of(listen_socket), args.workers)
+    launcher = ProcessLauncher(
+        _without_workers(args.argv),
+        args.workers,
+        listen_socket=listen_socket,
+        stop_timeout=stop_timeout(settings.graceful_shutdown_timeout, services),
+    )
+    try:
+        return asyncio.run(launcher.run())
+    finally:
+        if listen_socket is not None:
+            listen_socket.close()
+
+
+def _without_workers(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--workers N``: what each worker process runs."""
+    kept: list[str] = []
+    value_next = False
+    for token in argv:
+        if value_next:
+            value_next = False
+            continue
+        name, equals, _ = token.partition("=")
+        if len(name) > 2 and "--workers".startswith(name):  # argparse takes any prefix
+            value_next = not equals
+            continue
+        kept.append(token)
+    return kept
 
 
 # -- call / cast
@@ -431,10 +584,12 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line's entry point; returns the exit status."""
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help and --version (0), or a bad command line (2, printed)
         return int(exc.code or 0)
+    args.argv = argv  # what a --workers parent gives its workers
     debug = (args.log_level or "").upper() == "DEBUG"
     try:
         code: int = args.func(args)

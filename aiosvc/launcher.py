@@ -1,12 +1,15 @@
 """Run services until a signal says stop.
 
 * SIGTERM or SIGINT: stop every service gracefully (each drains within its
-  ``graceful_shutdown_timeout``); a second SIGINT (or SIGTERM) forces: the stops are
-  cancelled, unfinished messages go back to their queues, and the exit status is 1.
+  ``graceful_shutdown_timeout``), in the reverse order of their start: an API service
+  given last drains its requests while the managers it calls still serve them. A second
+  SIGINT (or SIGTERM) forces: the stops are cancelled, unfinished messages go back to
+  their queues, and the exit status is 1.
 * SIGHUP: call ``reset()`` on every service's manager (Nova's ``mutate`` restart).
 * A service that stops by itself because of an error stops the others too.
 
-Nova: ``oslo_service`` ``ServiceLauncher`` (``launch``, ``wait``, the signal handlers).
+Nova: ``oslo_service`` ``ServiceLauncher`` (``launch``, ``wait``, the signal handlers);
+worker processes (oslo's ``ProcessLauncher``) are :mod:`aiosvc.workers`.
 Unlike oslo, SIGINT is graceful the first time: people press Ctrl-C in a terminal and
 expect in-flight work to finish.
 """
@@ -22,13 +25,20 @@ from typing import Any
 
 from .service import Service
 
-__all__ = ["launch"]
+__all__ = ["launch", "signal_handlers"]
 
 log = logging.getLogger(__name__)
 
 
-async def launch(*services: Service, handle_signals: bool = True) -> int:
+async def launch(
+    *services: Service,
+    handle_signals: bool = True,
+    on_started: Callable[[], object] | None = None,
+) -> int:
     """Start ``services``, run until SIGTERM/SIGINT, stop them; return an exit status.
+
+    ``on_started()`` is called once every service has started (oslo notifies systemd
+    there; a worker process tells its parent).
 
     Returns:
         0 after a clean stop; 1 when a service failed or the stop was forced.
@@ -59,7 +69,7 @@ async def launch(*services: Service, handle_signals: bool = True) -> int:
             resets.add(task)
             task.add_done_callback(resets.discard)
 
-    with _signals(loop, handle_signals, on_stop, on_hup):
+    with signal_handlers(loop, handle_signals, on_stop, on_hup):
         started: list[Service] = []
         try:
             for service in services:
@@ -68,6 +78,8 @@ async def launch(*services: Service, handle_signals: bool = True) -> int:
         except BaseException:
             await _stop_all(started, forced)
             raise
+        if on_started is not None:
+            on_started()
         failed = await _run_until_stopped(started, stop_requested)
         ok = await _stop_all(started, forced)
     return 0 if ok and not failed and not forced.is_set() else 1
@@ -96,10 +108,10 @@ async def _run_until_stopped(services: list[Service], stop_requested: asyncio.Ev
 
 
 async def _stop_all(services: list[Service], forced: asyncio.Event) -> bool:
-    """Stop every service at once; True if all stopped cleanly and in time."""
+    """Stop the services, the last started first; True if all stopped cleanly and in time."""
     if not services:
         return True
-    stops: asyncio.Future[list[bool]] = asyncio.gather(*(_stop(s) for s in services))
+    stops: asyncio.Future[list[bool]] = asyncio.ensure_future(_stop_each(services[::-1]))
     force: asyncio.Future[Any] = asyncio.ensure_future(forced.wait())
     try:
         await asyncio.wait([stops, force], return_when=asyncio.FIRST_COMPLETED)
@@ -116,6 +128,10 @@ async def _stop_all(services: list[Service], forced: asyncio.Event) -> bool:
                 await service.wait()
         return False
     return all(stops.result())
+
+
+async def _stop_each(services: list[Service]) -> list[bool]:
+    return [await _stop(service) for service in services]
 
 
 async def _stop(service: Service) -> bool:
@@ -135,12 +151,13 @@ async def _reset(service: Service) -> None:
 
 
 @contextlib.contextmanager
-def _signals(
+def signal_handlers(
     loop: asyncio.AbstractEventLoop,
     enabled: bool,
     on_stop: Callable[[str], None],
     on_hup: Callable[[], None],
 ) -> Iterator[None]:
+    """While inside: SIGTERM and SIGINT call ``on_stop(name)``, SIGHUP ``on_hup()``."""
     if not enabled:
         yield
         return

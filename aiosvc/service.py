@@ -13,6 +13,9 @@ timeout) -> ``cleanup_host`` -> close connections. Only a graceful stop marks th
 a service stopped by an error, cancelled, or forced to stop before its graceful stop began
 leaves it to turn down after ``service_down_time``, as a crashed process would.
 
+What serves the work is a :class:`Server`: an RPC server on the topic here; an
+:class:`~aiosvc.api.APIService` is the same lifecycle with an HTTP server instead.
+
 Everything a service starts lives in its anyio task group. A background task that
 crashes is logged and stops the service; :meth:`Service.wait` then raises its error.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import anyio
 from anyio.abc import TaskStatus
@@ -46,12 +49,30 @@ from .store.base import ServiceRecord
 from .tasks import unwrap_group
 from .transport import Transport, get_transport
 
-__all__ = ["Service"]
+__all__ = ["Server", "Service"]
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
 """Seconds a stopping service waits for its transport and store to close."""
+
+
+class Server(Protocol):
+    """How work reaches a service: its RPC server, or an API service's HTTP server.
+
+    The service runs it in its task group once the record is written, and stops it first:
+    ``stop_accepting()`` (no new work), then ``stop(timeout)`` (work in flight finishes
+    within ``timeout`` seconds, the rest is cut, then it closes and ``run`` returns).
+    """
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`stop`; ``task_status.started()`` once work can arrive."""
+
+    async def stop_accepting(self) -> None:
+        """Take no new work; work in flight goes on. Idempotent."""
+
+    async def stop(self, timeout: float | None = None) -> object:
+        """Stop accepting, let work in flight finish within ``timeout``, then close."""
 
 
 class Service:
@@ -87,6 +108,7 @@ class Service:
         self.servicegroup: ServiceGroup | None = None
         self.connections: Connections | None = None
         self.rpc_server: RPCServer | None = None
+        self.server: Server | None = None  # the rpc_server, or an APIService's HTTP server
         # Built now, so a manager whose methods cannot be served fails here, before any
         # connection is opened (ServiceError naming the method, TypeError for a signature).
         self._dispatcher = Dispatcher(manager)
@@ -181,9 +203,7 @@ class Service:
             )
             self.manager.service_record = self.record
             await self.manager.pre_start_hook()
-            self.rpc_server = RPCServer(
-                self.transport, self._dispatcher, self.topic, self.host, self.settings
-            )
+            self.server = self._make_server()
             await self._run(task_status)
         except BaseException as exc:
             raise unwrap_group(exc) from None
@@ -204,7 +224,7 @@ class Service:
             current_service.reset(label)
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
-        assert self.rpc_server is not None and self.servicegroup is not None
+        assert self.server is not None and self.servicegroup is not None
         assert self.record is not None and self.connections is not None
         periodic_done = anyio.Event()
 
@@ -215,8 +235,8 @@ class Service:
                 periodic_done.set()
 
         async with anyio.create_task_group() as tg:
-            await tg.start(self.rpc_server.run)
-            if self.record.disabled:
+            await tg.start(self.server.run)
+            if self.record.disabled and self.rpc_server is not None:
                 await self.rpc_server.pause_shared()
             publisher = CapabilityPublisher(
                 self.manager,
@@ -240,11 +260,9 @@ class Service:
             )
             self.started = True
             log.info(
-                "Started %s: consuming %s, %s, %s_fanout; %d periodic task(s)",
+                "Started %s: %s; %d periodic task(s)",
                 self.binary,
-                self.topic,
-                f"{self.topic}.{self.host}",
-                self.topic,
+                self._serving(),
                 len(self.manager.periodic.tasks) if self.settings.periodic_enable else 0,
             )
             task_status.started()
@@ -252,11 +270,11 @@ class Service:
             log.info("Stopping %s", self.binary)
             timeout = self.settings.graceful_shutdown_timeout or math.inf
             deadline = anyio.current_time() + timeout
-            await self.rpc_server.stop_consuming()
+            await self.server.stop_accepting()
             async with anyio.create_task_group() as stopping:
                 # No new work arrives: say so at once, while the work in flight drains.
                 stopping.start_soon(self._leave, name=f"mark {self.binary} stopped")
-                await self.rpc_server.stop(timeout)
+                await self.server.stop(timeout)
                 self.manager.periodic.stop()
                 with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                     await periodic_done.wait()
@@ -270,10 +288,24 @@ class Service:
             self.record = self.manager.service_record = stopped
             log.info("Marked %s stopped in the service store", self.binary)
 
+    def _make_server(self) -> Server:
+        """What serves this service's work: an RPC server on its topic (an APIService
+        serves HTTP instead)."""
+        assert self.transport is not None
+        self.rpc_server = RPCServer(
+            self.transport, self._dispatcher, self.topic, self.host, self.settings
+        )
+        return self.rpc_server
+
+    def _serving(self) -> str:
+        """What the service serves, for the log line that says it started."""
+        return f"consuming {self.topic}, {self.topic}.{self.host}, {self.topic}_fanout"
+
     async def _on_report(self, record: ServiceRecord) -> None:
-        assert self.rpc_server is not None
         previous, self.record = self.record, record
         self.manager.service_record = record
+        if self.rpc_server is None:
+            return  # disabling steers RPC work only (an API service's is a balancer's job)
         if previous is not None and previous.disabled != record.disabled:
             if record.disabled:
                 log.info(

@@ -11,6 +11,7 @@ subclass in ``Manager.settings_class``; its fields read ``AIOSVC_<NAME>`` like t
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import json
 import logging
 import os
@@ -73,7 +74,12 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "memory://", description="Service store: memory:// or postgresql://user:pass@host/db"
     )
-    host: str = Field(default_factory=socket.gethostname, min_length=1, max_length=255)
+    host: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=255,
+        description="This host's name: its own queue is topic.host, its row's host",
+    )
     control_exchange: str = Field("aiosvc", min_length=1, description="AMQP topic exchange")
     report_interval: float = Field(
         10.0, ge=0, description="Seconds between state reports; 0 turns reporting off"
@@ -81,7 +87,7 @@ class Settings(BaseSettings):
     service_down_time: float = Field(
         60.0, gt=0, description="Seconds without a report after which a service is down"
     )
-    periodic_enable: bool = True
+    periodic_enable: bool = Field(True, description="Run periodic tasks")
     periodic_interval: float = Field(
         60.0, gt=0, description="Spacing of periodic tasks declared without one"
     )
@@ -105,14 +111,27 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a new scheduler waits for every live host's capabilities",
     )
-    amqp_durable_queues: bool = True
-    amqp_quorum_queues: bool = False
+    amqp_durable_queues: bool = Field(
+        True, description="Declare the topic and topic.host queues durable"
+    )
+    amqp_quorum_queues: bool = Field(
+        False, description="Declare them as quorum queues (survive a RabbitMQ node's loss)"
+    )
     allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules or classes whose remote exceptions are re-raised as themselves "
         "(comma-separated, or a JSON list)",
     )
-    log_level: LogLevel = "INFO"
+    api_listen: str = Field(
+        "0.0.0.0",
+        description="IP address an API service listens on (nova's osapi_compute_listen)",
+    )
+    api_port: int = Field(
+        8080, ge=0, le=65535, description="Port an API service listens on; 0 picks a free one"
+    )
+    log_level: LogLevel = Field(
+        "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
 
     # The --config file these settings were read from, so upgrade() reads it again.
     _config_file: Path | None = PrivateAttr(default=None)
@@ -136,6 +155,17 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("api_listen")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address (e.g. 0.0.0.0 for every interface, "
+                "127.0.0.1 for this machine only, :: for IPv6)"
+            ) from None
 
     @field_validator("transport_url")
     @classmethod

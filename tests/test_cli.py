@@ -518,7 +518,7 @@ def test_set_values_are_parsed_once_then_validated_as_settings(
     # JSON where it parses, else the string; pydantic converts (and checks) both.
     loaded: list[aiosvc.Settings] = []
 
-    def fake_launch(*services: aiosvc.Service) -> Any:
+    def fake_launch(*services: aiosvc.Service, **options: Any) -> Any:
         loaded.extend(s.settings for s in services)
 
         async def done() -> int:

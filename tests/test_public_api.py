@@ -83,6 +83,7 @@ LAYERS: dict[str, list[str]] = {
     ],
     "edges": ["aiosvc.store", "aiosvc.transport"],
     "wiring": [
+        "aiosvc.api",
         "aiosvc.capabilities",
         "aiosvc.connections",
         "aiosvc.launcher",
@@ -90,6 +91,7 @@ LAYERS: dict[str, list[str]] = {
         "aiosvc.rpc.server",
         "aiosvc.service",
         "aiosvc.servicegroup",
+        "aiosvc.workers",
     ],
     "faces": ["aiosvc", "aiosvc.__main__", "aiosvc.cli", "aiosvc.rpc", "aiosvc.testing"],
 }
@@ -101,6 +103,7 @@ EDGE_SHARED = {
 }
 ONLY_IN = {"aio_pika": "aiosvc.transport.amqp", "aiormq": "aiosvc.transport.amqp"}
 ONLY_IN["asyncpg"] = "aiosvc.store.postgres"
+ONLY_IN["uvicorn"] = "aiosvc.api"  # an optional extra: aiosvc[api]
 
 
 def test_all_is_sorted() -> None:
@@ -288,6 +291,7 @@ def test_imports_point_down_and_edges_stay_apart() -> None:
         ("manager.py", "if True:\n    from .connections import Connections", "in a layer above"),
         ("store/memory.py", "import asyncpg", "only aiosvc.store.postgres may"),
         ("rpc/client.py", "import aio_pika", "only aiosvc.transport.amqp may"),
+        ("service.py", "import uvicorn", "only aiosvc.api may"),
     ],
 )
 def test_the_rules_catch_a_bad_import(tmp_path: Path, module: str, line: str, broken: str) -> None:
@@ -300,11 +304,13 @@ def test_the_rules_catch_a_bad_import(tmp_path: Path, module: str, line: str, br
     assert broken in found[0]
 
 
-def test_importing_aiosvc_loads_no_broker_or_database_driver() -> None:
-    # memory:// users must not pay for (or need) aio-pika and asyncpg at import time.
+def test_importing_aiosvc_loads_no_broker_or_database_driver_nor_uvicorn() -> None:
+    # memory:// users must not pay for (or need) aio-pika and asyncpg at import time, nor
+    # anyone uvicorn (an optional extra) but for an API service.
     code = (
         "import sys, aiosvc, aiosvc.testing, aiosvc.cli;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aio_pika','aiormq','asyncpg'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'aio_pika','aiormq','asyncpg','uvicorn'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
@@ -324,6 +330,10 @@ def test_importing_aiosvc_loads_no_broker_or_database_driver() -> None:
         "aiosvc.manager",
         "aiosvc.transport.topology",
         "aiosvc.transport.amqp",
+        "aiosvc.api",
+        "aiosvc.workers",
+        "aiosvc.service",
+        "aiosvc.launcher",
     ],
 )
 def test_modules_export_what_they_document(module: str) -> None:

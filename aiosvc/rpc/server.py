@@ -165,8 +165,9 @@ class RPCServer:
         if self.consumer is not None:
             await self.consumer.resume_shared()
 
-    async def stop_consuming(self) -> None:
-        """Take no new messages; those in flight go on. Idempotent; :meth:`stop` begins so."""
+    async def stop_accepting(self) -> None:
+        """Take no new messages (cancel the consumers); those in flight go on. Idempotent;
+        :meth:`stop` begins so."""
         if self.consumer is not None:
             await self.consumer.cancel()
 
@@ -180,7 +181,7 @@ class RPCServer:
         if timeout is None:
             timeout = self.settings.graceful_shutdown_timeout or math.inf
         cancelled = 0
-        await self.stop_consuming()
+        await self.stop_accepting()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         if self.in_flight:

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import importlib.resources
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -206,6 +207,14 @@ def _options(url: str) -> _Options:
     )
 
 
+def _application_name(dsn: str) -> dict[str, str]:
+    """``aiosvc:<pid>`` as the pool's ``application_name`` (what ``pg_stat_activity``
+    shows), unless the URL names one."""
+    if any(key == "application_name" for key, _ in parse_qsl(urlsplit(dsn).query)):
+        return {}
+    return {"application_name": f"aiosvc:{os.getpid()}"}
+
+
 def _error(prefix: str, opts: _Options, exc: BaseException) -> StoreError:
     """A one-line StoreError naming the redacted URL and the cause; never the password."""
     # Belt and braces: asyncpg does not echo DSNs, but a message must never leak one.
@@ -350,6 +359,7 @@ class PostgresStore(ServiceStore):
                 max_size=opts.max_size,
                 timeout=opts.connect_timeout,
                 command_timeout=opts.command_timeout,
+                server_settings=_application_name(opts.dsn),
             )
         except _CONNECT_ERRORS as exc:
             raise _error("cannot connect to database", opts, exc) from None
