@@ -62,6 +62,7 @@ class SchedulerManager(Manager):
         super().__init__(**kwargs)
         self._capabilities: dict[tuple[str, str], HostCapabilities] = {}
         self._received = asyncio.Condition()
+        self._asked = asyncio.Event()
         self._asked_at: float | None = None  # event loop time of request_capabilities()
         self.capabilities_requested_at: float | None = None
         """When :meth:`request_capabilities` asked the hosts, on the manager's clock."""
@@ -96,8 +97,13 @@ class SchedulerManager(Manager):
         """The fresh capabilities of the hosts whose ``service_name`` is up and enabled.
 
         Right after this scheduler started, waits (``capabilities_wait`` seconds at most)
-        until every such host has published.
+        until every such host has published. A request that arrives before the hosts were
+        even asked (one queued while no scheduler ran is delivered as soon as consuming
+        starts) first waits for the asking, within the same bound.
         """
+        if not self._asked.is_set():
+            with anyio.move_on_after(self.settings.capabilities_wait):
+                await self._asked.wait()
         while True:
             records = await self.servicegroup.list(binary=service_name)
             usable = {r.host for r in records if r.is_up and not r.disabled}
@@ -123,6 +129,7 @@ class SchedulerManager(Manager):
         """
         self._asked_at = anyio.current_time()
         self.capabilities_requested_at = self.clock.now()
+        self._asked.set()
         ctx = Context.admin()
         topics = sorted(
             {r.topic for r in await self.servicegroup.list() if r.is_up and r.topic != self.topic}

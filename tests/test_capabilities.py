@@ -3,6 +3,7 @@ once on a change and every periodic_interval; a scheduler keeps them with their 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiosvc
@@ -103,3 +104,21 @@ async def test_hosts_up_leaves_out_hosts_down_or_disabled(
     await scheduler.servicegroup.store.update("w", "aiosvc-worker", disabled=False)
     await scheduler.servicegroup.store.update("w", "aiosvc-worker", forced_down=True)
     assert await scheduler.hosts_up("aiosvc-worker") == []
+
+
+async def test_a_request_handled_before_the_hosts_were_asked_waits_for_the_asking(
+    aiosvc_service: ServiceFactory, aiosvc_clock: FakeClock
+) -> None:
+    # A request queued while no scheduler ran is delivered as soon as the new scheduler
+    # consumes, which is before its service asks the hosts to publish.
+    worker = await aiosvc_service(Worker, clock=aiosvc_clock, host="w")
+    scheduler = Recorder(settings=worker.settings, clock=aiosvc_clock, host="s")
+    scheduler.attach(worker.connections)  # what its service does before init_host
+    placing = asyncio.ensure_future(scheduler.hosts_up("aiosvc-worker"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not placing.done()  # not "no host at all": it waits for the asking
+    await scheduler.request_capabilities()
+    await scheduler.receive_service_capabilities(Context.admin(), "aiosvc-worker", "w", {"f": 1})
+    [known] = await placing
+    assert (known.host, known.capabilities) == ("w", {"f": 1})
