@@ -109,7 +109,7 @@ class ServiceGroup:
 
         The service is down from now on, shown as stopped rather than crashed. Never
         raises (besides cancellation) and never waits more than ``timeout`` seconds
-        (default :data:`LEAVE_TIMEOUT`): a store that cannot be reached is logged in one
+        (default ``LEAVE_TIMEOUT``, 5 s): a store that cannot be reached is logged in one
         line, and the record then turns down after ``service_down_time``, as after a crash.
         """
         try:

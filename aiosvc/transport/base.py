@@ -48,7 +48,7 @@ class IncomingMessage(Protocol):
 
     @property
     def reply_expected(self) -> bool:
-        """True for a call: the caller waits for :meth:`reply`."""
+        """Whether the caller waits for :meth:`reply` (a call; not a cast)."""
         ...
 
     async def reply(self, body: bytes) -> None:
