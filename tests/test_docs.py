@@ -631,3 +631,10 @@ def test_operators_page_lists_every_setting_with_its_default() -> None:
         except ValueError:
             value = shown
         assert value == default, f"docs/operators.md: {name}'s default is {default!r}"
+
+
+def test_readme_configuration_table_names_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(\w+)` \|", readme, re.M))
+    missing = sorted(set(aiosvc.Settings.model_fields) - listed)
+    assert not missing, f"README.md's configuration table lacks {missing}"
