@@ -65,7 +65,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-"""An ASGI 3 application: ``async def app(scope, receive, send)``."""
+"""An ASGI 3 application, ``async def app(scope, receive, send)``."""
 
 API_TOPIC = "api"
 """The topic of an API service's row (its binary is ``aiosvc-api``)."""
