@@ -1,7 +1,7 @@
 """``python -m aiosvc``: run services, call them, and look after their records.
 
 Exit status: 0 on success (for ``run``, a clean stop); 1 when a service failed to start,
-stopped by an error or was forced to stop (a second SIGINT), or a call failed; 2 for bad
+stopped by an error or was forced to stop (SIGINT while stopping), or a call failed; 2 for bad
 usage, a bad setting or a bad import path. Errors are one line on stderr, naming what was
 wrong and where it came from (``--log-level DEBUG`` adds the traceback).
 """
@@ -374,7 +374,11 @@ async def _serve(
                     tg.start_soon(store.connect)
             except BaseException as exc:
                 raise unwrap_group(exc) from None
-            return await launch(*services, on_started=link.ready if link is not None else None)
+            return await launch(
+                *services,
+                restore_signals=False,  # this process exits next: later signals change nothing
+                on_started=link.ready if link is not None else None,
+            )
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 for name, resource in (("service store", store), ("transport", transport)):
@@ -399,7 +403,7 @@ def _run_workers(args: argparse.Namespace, settings: Settings, services: int) ->
         stop_timeout=stop_timeout(settings.graceful_shutdown_timeout, services),
     )
     try:
-        return asyncio.run(launcher.run())
+        return asyncio.run(launcher.run(restore_signals=False))
     finally:
         if listen_socket is not None:
             listen_socket.close()

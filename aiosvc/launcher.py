@@ -2,11 +2,19 @@
 
 * SIGTERM or SIGINT: stop every service gracefully (each drains within its
   ``graceful_shutdown_timeout``), in the reverse order of their start: an API service
-  given last drains its requests while the managers it calls still serve them. A second
-  SIGINT (or SIGTERM) forces: the stops are cancelled, unfinished messages go back to
-  their queues, and the exit status is 1.
+  given last drains its requests while the managers it calls still serve them.
+* SIGINT while stopping (Ctrl-C pressed twice) forces: the stops are cancelled, unfinished
+  messages go back to their queues, and the exit status is 1.
+* SIGTERM while stopping changes nothing: supervisors, ``timeout`` and process groups
+  deliver the same SIGTERM twice within milliseconds, and the graceful stop is bounded
+  already.
 * SIGHUP: call ``reset()`` on every service's manager (Nova's ``mutate`` restart).
 * A service that stops by itself because of an error stops the others too.
+
+When :func:`launch` returns, the handlers that were there before are put back, or, with
+``restore_signals=False`` (a process that exits next, as ``python -m aiosvc run`` does),
+SIGTERM, SIGINT and SIGHUP are ignored from then on: a signal that arrives while the
+process exits changes nothing.
 
 Nova: ``oslo_service`` ``ServiceLauncher`` (``launch``, ``wait``, the signal handlers);
 worker processes (oslo's ``ProcessLauncher``) are :mod:`aiosvc.workers`.
@@ -21,24 +29,35 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from .service import Service
 
-__all__ = ["launch", "signal_handlers"]
+__all__ = ["launch", "signal_handlers", "stop_signal_action"]
 
 log = logging.getLogger(__name__)
+
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_signal_action(signame: str, stopping: bool) -> Literal["stop", "force", "ignore"]:
+    """What SIGTERM or SIGINT means now: the rules of this module's docstring."""
+    if not stopping:
+        return "stop"
+    return "force" if signame == "SIGINT" else "ignore"
 
 
 async def launch(
     *services: Service,
     handle_signals: bool = True,
+    restore_signals: bool = True,
     on_started: Callable[[], object] | None = None,
 ) -> int:
     """Start ``services``, run until SIGTERM/SIGINT, stop them; return an exit status.
 
     ``on_started()`` is called once every service has started (oslo notifies systemd
-    there; a worker process tells its parent).
+    there; a worker process tells its parent). ``restore_signals=False`` leaves SIGTERM,
+    SIGINT and SIGHUP ignored afterwards, for a process that exits next.
 
     Returns:
         0 after a clean stop; 1 when a service failed or the stop was forced.
@@ -55,12 +74,15 @@ async def launch(
     resets: set[asyncio.Task[None]] = set()
 
     def on_stop(signame: str) -> None:
-        if stop_requested.is_set():
+        action = stop_signal_action(signame, stop_requested.is_set())
+        if action == "stop":
+            log.info("Caught %s: stopping gracefully (SIGINT again forces)", signame)
+            stop_requested.set()
+        elif action == "force":
             log.warning("Caught %s again: forcing the stop", signame)
             forced.set()
         else:
-            log.info("Caught %s: stopping gracefully (send it again to force)", signame)
-            stop_requested.set()
+            log.info("Caught %s again: already stopping gracefully", signame)
 
     def on_hup() -> None:
         log.info("Caught SIGHUP: resetting %d service(s)", len(services))
@@ -69,7 +91,7 @@ async def launch(
             resets.add(task)
             task.add_done_callback(resets.discard)
 
-    with signal_handlers(loop, handle_signals, on_stop, on_hup):
+    with signal_handlers(loop, handle_signals, on_stop, on_hup, restore=restore_signals):
         started: list[Service] = []
         try:
             for service in services:
@@ -156,17 +178,31 @@ def signal_handlers(
     enabled: bool,
     on_stop: Callable[[str], None],
     on_hup: Callable[[], None],
+    *,
+    restore: bool = True,
 ) -> Iterator[None]:
-    """While inside: SIGTERM and SIGINT call ``on_stop(name)``, SIGHUP ``on_hup()``."""
+    """While inside: SIGTERM and SIGINT call ``on_stop(name)``, SIGHUP ``on_hup()``.
+
+    On the way out the handlers that were there before are put back (``restore``), or the
+    three signals are ignored from then on. Either way they are blocked during the swap,
+    so none can meet the default action (death) in between; one that arrived meanwhile is
+    delivered to what is put in place.
+    """
     if not enabled:
         yield
         return
+    previous = {sig: signal.getsignal(sig) for sig in _HANDLED}
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    installed = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
     try:
         yield
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            for sig in _HANDLED:
+                loop.remove_signal_handler(sig)
+                before = previous[sig] if restore else signal.SIG_IGN
+                signal.signal(sig, before if before is not None else signal.SIG_DFL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

@@ -9,8 +9,9 @@ an event loop). The parent connects to nothing itself. It:
   spin the CPU; each death and restart is logged;
 * on SIGTERM or SIGINT stops restarting, passes SIGTERM on to every worker (each stops
   gracefully) and waits for them, up to ``stop_timeout`` seconds, after which the rest are
-  killed; a second SIGTERM or SIGINT is passed on too (the workers force their stop). The
-  exit status is 0 when every worker stopped cleanly, else 1;
+  killed; a SIGINT while stopping is passed on as SIGINT (the workers force their stop),
+  a repeated SIGTERM changes nothing (:mod:`aiosvc.launcher` gives the rules). The exit
+  status is 0 when every worker stopped cleanly, else 1;
 * passes SIGHUP on to every started worker (each calls ``reset()`` on its managers);
 * for ``--api``, serves one listening socket, bound once by the parent: every worker is
   given its file descriptor, so N workers share one port.
@@ -36,7 +37,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .launcher import signal_handlers
+from .launcher import signal_handlers, stop_signal_action
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "ParentLink", "ProcessLauncher", "stop_timeout"]
 
@@ -98,15 +99,20 @@ class ProcessLauncher:
         self._forced = False
         self._exits: dict[int, int] = {}  # worker number -> its exit status after the stop
 
-    async def run(self, *, handle_signals: bool = True) -> int:
+    async def run(self, *, handle_signals: bool = True, restore_signals: bool = True) -> int:
         """Start the workers, keep them running until SIGTERM/SIGINT, stop them.
+
+        ``restore_signals=False`` leaves SIGTERM, SIGINT and SIGHUP ignored afterwards (see
+        :func:`aiosvc.launcher.signal_handlers`), for a process that exits next.
 
         Returns:
             0 when every worker stopped cleanly (exit status 0, or ended by the SIGTERM it
             was passed before it had set up its own handlers, as systemd counts it), else 1.
         """
         loop = asyncio.get_running_loop()
-        with signal_handlers(loop, handle_signals, self._on_stop, self._on_hup):
+        with signal_handlers(
+            loop, handle_signals, self._on_stop, self._on_hup, restore=restore_signals
+        ):
             keepers = [
                 asyncio.create_task(self._keep(n), name=f"worker {n}")
                 for n in range(1, self.workers + 1)
@@ -130,14 +136,19 @@ class ProcessLauncher:
         return 0 if clean and not self._forced else 1
 
     def _on_stop(self, signame: str) -> None:
-        if self._stopping.is_set():
+        action = stop_signal_action(signame, self._stopping.is_set())
+        if action == "ignore":
+            log.info("Caught %s again: the workers are already stopping", signame)
+            return
+        if action == "force":
             log.warning("Caught %s again: forcing the workers to stop", signame)
             self._forced = True
         else:
             log.info("Caught %s: stopping %d worker(s)", signame, len(self.running))
             self._stopping.set()
+        passed_on = signal.SIGINT if action == "force" else signal.SIGTERM
         for worker in self.running.values():
-            worker.signal(signal.SIGTERM)
+            worker.signal(passed_on)
 
     def _on_hup(self) -> None:
         started = [w for w in self.running.values() if w.ready]

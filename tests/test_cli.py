@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -605,6 +606,107 @@ def test_second_sigint_forces_the_stop_of_a_blocking_cleanup_host(
     process.signal(signal.SIGINT)
     process.expect("forcing the stop", STEP_TIMEOUT)
     assert process.wait(timeout=STEP_TIMEOUT) == 1
+
+
+def test_repeated_sigterm_does_not_force_the_stop(spawn: Spawn) -> None:
+    """Supervisors and process groups deliver one SIGTERM twice within milliseconds."""
+    process = spawn("run", "--manager", "examples.volume:VolumeManager")
+    process.expect("Started aiosvc-volume", START_TIMEOUT)
+    process.signal(signal.SIGTERM)
+    process.signal(signal.SIGTERM)
+    assert process.wait(timeout=STEP_TIMEOUT) == 0
+    assert "already stopping gracefully" in process.stderr
+    assert "forcing" not in process.stderr
+    assert "Stopped volume node aiosvc-volume" in process.stderr
+
+
+def test_sigint_after_sigterm_forces_the_stop(spawn: Spawn) -> None:
+    """A person pressing Ctrl-C while a supervisor's stop drags on still gets out."""
+    process = spawn("run", "--manager", "climanagers:BlockingCleanup")
+    process.expect("Started aiosvc-cleanup", START_TIMEOUT)
+    process.signal(signal.SIGTERM)
+    process.expect("cleanup_host blocking", STEP_TIMEOUT)
+    process.signal(signal.SIGTERM)
+    process.expect("already stopping gracefully", STEP_TIMEOUT)
+    assert process.proc.poll() is None
+    process.signal(signal.SIGINT)
+    process.expect("forcing the stop", STEP_TIMEOUT)
+    assert process.wait(timeout=STEP_TIMEOUT) == 1
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_under_coreutils_timeout_the_service_stops_cleanly(env: dict[str, str]) -> None:
+    """``timeout 5 python -m aiosvc run``: timeout's 124, and the service's own clean stop.
+
+    ``timeout`` sends its SIGTERM to the service and again to the process group: the second
+    one must neither force the stop nor meet a process whose handlers are gone.
+    """
+    result = subprocess.run(
+        [
+            "timeout",
+            "5",
+            sys.executable,
+            "-m",
+            "aiosvc",
+            "run",
+            "--manager",
+            "examples.volume:VolumeManager",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=5 + START_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 124, result.stderr  # timeout's own: it had to stop the command
+    assert "Started aiosvc-volume" in result.stderr
+    assert "Caught SIGTERM: stopping gracefully" in result.stderr
+    assert "Stopped volume node aiosvc-volume" in result.stderr
+    assert "forcing" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+EXITING = """
+import asyncio, os, signal
+
+import aiosvc
+
+
+class Quick(aiosvc.Manager):
+    topic = "quick"
+
+
+async def main() -> None:
+    service = aiosvc.Service.create(manager=Quick, settings=aiosvc.Settings.load())
+    code = await aiosvc.launch(
+        service,
+        restore_signals=False,
+        on_started=lambda: os.kill(os.getpid(), signal.SIGTERM),
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # while the process exits
+        os.kill(os.getpid(), sig)
+    await asyncio.sleep(0)  # a signal handler, if any, would run here
+    print("exit status", code)
+
+
+asyncio.run(main())
+"""
+
+
+def test_signals_that_arrive_while_exiting_change_nothing(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", EXITING],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT + STEP_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "exit status 0\n"), result.stderr
 
 
 def test_sighup_calls_reset_and_keeps_running(spawn: Spawn) -> None:

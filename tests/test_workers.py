@@ -204,6 +204,22 @@ def test_sighup_reaches_every_workers_reset(env: dict[str, str]) -> None:
         assert parent.wait(STEP) == 0
 
 
+def test_a_repeated_sigterm_to_the_parent_stops_the_workers_gracefully(
+    env: dict[str, str],
+) -> None:
+    """The parent neither forces nor passes on a SIGTERM that came twice (a supervisor's)."""
+    with aiosvc_proc(["run", "--workers", "2", *API], env) as parent:
+        workers = ready_workers(parent, 2)
+        parent.signal(signal.SIGTERM)
+        parent.signal(signal.SIGTERM)
+        assert parent.wait(STEP) == 0
+    text = "\n".join(parent.lines)
+    assert "the workers are already stopping" in text
+    assert "forcing" not in text
+    for n, pid in workers.items():
+        assert f"Worker {n} (pid {pid}) exited with status 0" in text
+
+
 def test_a_worker_that_fails_at_start_is_restarted_with_a_backoff(amqp_url: str) -> None:
     env = clean_env(AIOSVC_TRANSPORT_URL=amqp_url, AIOSVC_CONTROL_EXCHANGE="workers-backoff")
     with aiosvc_proc(["run", "--workers", "1", "--manager", "tests.apps:FailsToStart"], env) as p:
