@@ -263,7 +263,7 @@ def test_the_scanner_sees_relative_and_absolute_imports() -> None:
     assert "aiosvc.exceptions" in graph["aiosvc.rpc.protocol"]
     assert "aiosvc.service" in graph["aiosvc.launcher"]
     assert "aiosvc.transport.topology" in graph["aiosvc.transport.memory"]  # from . import x
-    assert "aio_pika" in graph["aiosvc.transport.amqp.transport"]
+    assert "aio_pika" in graph["aiosvc.transport.amqp.connection"]
     # Imports for type hints only never run: the manager names the wiring's types so.
     assert "aiosvc.connections" not in graph["aiosvc.manager"]
     assert "aiosvc.exceptions" in graph["aiosvc.manager"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -524,7 +525,10 @@ async def _run(function: Callable[[], Any]) -> None:
 
 @pytest.mark.amqp
 @pytest.mark.slow
-async def test_amqp_survives_a_broker_restart(rabbitmq: Any, amqp_url: str, topic: str) -> None:
+async def test_amqp_survives_a_broker_restart(
+    rabbitmq: Any, amqp_url: str, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "aiosvc")
     if rabbitmq is None:
         pytest.skip("needs a RabbitMQ node of the test session's own to restart")
     settings = Settings(
@@ -572,6 +576,19 @@ async def test_amqp_survives_a_broker_restart(rabbitmq: Any, amqp_url: str, topi
             return reply == b"re:after"
 
         await wait_until(answered)
+
+        # Each transport logged the loss once and the return once, not every attempt of
+        # every connection and channel.
+        def logged(text: str) -> list[str]:
+            messages = (r.getMessage() for r in caplog.records if r.name.startswith("aiosvc"))
+            return [m for m in messages if text in m]
+
+        async def both_back() -> bool:
+            return len(logged("reconnected to the AMQP broker")) == 2
+
+        await wait_until(both_back)
+        assert len(logged("lost the AMQP broker")) == 2
+        assert logged("AMQP channel") == []
         with anyio.fail_after(WAIT):
             await waiting_cast
         await consumer.resume_shared()

@@ -66,6 +66,7 @@ class ChannelKeeper:
         self._ready = asyncio.Event()
         self._kick = asyncio.Event()
         self._closed = False
+        self._alone = False  # the last loss was of this channel alone
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -83,13 +84,23 @@ class ChannelKeeper:
         channel.closing.add_done_callback(partial(self._on_close, channel))
         channel.on_consumer_cancel_callbacks.add(self._on_cancel)
 
-    def _on_close(self, channel: Channel, _: asyncio.Future[Any]) -> None:
+    def _on_close(self, channel: Channel, closing: asyncio.Future[Any]) -> None:
         # Runs as soon as the channel closes, so no caller picks it up afterwards.
         if self.current is channel:
             self.current = None
             self._ready.clear()
             if not self._closed:
-                log.warning("AMQP channel for %s lost; restoring it", self.name)
+                # The broker closed this channel alone: worth a warning. A lost connection
+                # closes every channel; the transport logs that once (BrokerWatch).
+                exc = None if closing.cancelled() else closing.exception()
+                alone = isinstance(exc, aiormq.exceptions.AMQPChannelError)
+                self._alone = alone
+                log.log(
+                    logging.WARNING if alone else logging.DEBUG,
+                    "AMQP channel for %s lost (%s); restoring it",
+                    self.name,
+                    one_line(exc) if exc is not None else "closed",
+                )
             self._kick.set()
         if self._on_lost is not None:
             self._on_lost(channel)
@@ -154,7 +165,11 @@ class ChannelKeeper:
                 continue
             if channel is not self.current:
                 self._attach(channel)
-                log.info("AMQP channel for %s restored", self.name)
+                log.log(
+                    logging.INFO if self._alone else logging.DEBUG,
+                    "AMQP channel for %s restored",
+                    self.name,
+                )
             return
 
     def usable(self) -> Channel | None:

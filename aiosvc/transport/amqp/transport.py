@@ -13,7 +13,8 @@ Consumers use a connection of their own: RabbitMQ blocks a connection that publi
 during a resource alarm, and acks must still flow then.
 
 Casts and calls made while the broker is unreachable wait for it, up to the call's timeout
-(``rpc_response_timeout`` for a cast).
+(``rpc_response_timeout`` for a cast). The URL may list several brokers (a cluster): see
+:mod:`.connection` for the failover, and for how the broker's loss and return are logged.
 """
 
 from __future__ import annotations
@@ -25,10 +26,7 @@ import math
 import os
 import sys
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractRobustConnection
-from aio_pika.connection import make_url
 from aiormq.abc import DeliveredMessage
 
 from ...exceptions import MessageUndeliverable, MessagingTimeout, TransportError
@@ -37,6 +35,7 @@ from ...settings import Settings, redact_url
 from .. import topology
 from ..base import Consumer, MessageCallback, Transport
 from .channel import AMQP_ERRORS, ChannelKeeper, Properties
+from .connection import BrokerWatch, FailoverConnection, broker_urls, relay_library_logs, shown
 from .consumer import AMQPConsumer
 from .declare import Declarer
 from .replies import REPLY_TO, PendingCalls
@@ -61,11 +60,14 @@ class AMQPTransport(Transport):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._url = settings.transport_url
-        self._password = make_url(self._url).password
+        self._brokers = broker_urls(self._url)
+        self._passwords = {url.password for url in self._brokers if url.password}
+        self._watch = BrokerWatch(redact_url(self._url))
+        relay_library_logs(self._passwords)
         self._declarer = Declarer(settings)
         self._pending = PendingCalls()
-        self._connection: AbstractRobustConnection | None = None
-        self._consumer_connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
+        self._consumer_connection: FailoverConnection | None = None
         self._publisher: ChannelKeeper | None = None
         self._caller: ChannelKeeper | None = None
         self._replier: ChannelKeeper | None = None
@@ -76,28 +78,47 @@ class AMQPTransport(Transport):
 
     def _failure(self, what: str, exc: BaseException) -> TransportError:
         """One line naming the broker (without its password) and the cause."""
-        return TransportError(
-            f"{what} AMQP broker {redact_url(self._url)}: {one_line(exc, secret=self._password)}"
-        )
+        cause = one_line(exc)
+        for password in self._passwords:
+            cause = cause.replace(password, "***")
+        return TransportError(f"{what} AMQP broker {redact_url(self._url)}: {cause}")
 
-    async def _open_connection(self, purpose: str) -> AbstractRobustConnection:
-        url = make_url(self._url)
-        if "reconnect_interval" not in url.query:
-            url = url.update_query(reconnect_interval=_RECONNECT_INTERVAL)
+    async def _open_connection(self, purpose: str) -> FailoverConnection:
+        """A robust connection to the first broker of the list that answers.
+
+        Each broker is tried in turn once; afterwards the connection reconnects by itself,
+        moving along the list.
+        """
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+        urls = [
+            url
+            if "reconnect_interval" in url.query
+            else url.update_query(reconnect_interval=_RECONNECT_INTERVAL)
+            for url in self._brokers
+        ]
         properties = (
-            {} if "name" in url.query else {"connection_name": f"{prog}:{os.getpid()}:{purpose}"}
+            {}
+            if "name" in urls[0].query
+            else {"connection_name": f"{prog}:{os.getpid()}:{purpose}"}
         )
-        connection = aio_pika.RobustConnection(url, client_properties=properties)
-        try:
-            await connection.connect(timeout=_CONNECT_TIMEOUT)
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                await connection.close()
-            if isinstance(exc, Exception):
-                raise self._failure("cannot connect to", exc) from None
-            raise
-        return connection
+        error: BaseException | None = None
+        for start in range(len(urls)):
+            connection = FailoverConnection(
+                urls[start:] + urls[:start], client_properties=properties
+            )
+            try:
+                await connection.connect(timeout=_CONNECT_TIMEOUT)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if not isinstance(exc, Exception):
+                    raise
+                error = exc
+                continue
+            self._watch.watch(purpose, connection)
+            return connection
+        assert error is not None
+        raise self._failure("cannot connect to", error) from None
 
     async def connect(self) -> None:
         """Open the publishing connection with its publish, call and reply channels.
@@ -128,7 +149,7 @@ class AMQPTransport(Transport):
             raise self._failure("cannot open channels on", exc) from None
         self._connection = connection
         self._publisher, self._caller, self._replier = publisher, caller, replier
-        log.info("connected to AMQP broker %s", redact_url(self._url))
+        log.info("connected to AMQP broker %s", shown(connection.url))
 
     async def close(self) -> None:
         """Close every consumer, fail waiting calls, close the connections. Idempotent."""
@@ -145,6 +166,7 @@ class AMQPTransport(Transport):
                     await connection.close()
         self._connection = self._consumer_connection = None
         self._declarer.forget()
+        self._watch.close()
 
     def _on_call_channel_lost(self, channel: object) -> None:
         # After a reconnect the broker may be a new one (or someone deleted an exchange,
