@@ -29,6 +29,7 @@ from typing import NoReturn, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import hypothesis
 import pytest
 
 from tests.servers import PostgresCluster, RabbitNode, find_postgres_bin, find_rabbitmq
@@ -169,3 +170,13 @@ def fresh_amqp_url(request: pytest.FixtureRequest, amqp_url: str) -> Iterator[st
 # ================================================================================================
 # Shared non-server fixtures: add new fixtures below this line.
 # ================================================================================================
+
+# Hypothesis (tests/test_properties.py, tests/test_cli_properties.py): the same examples on
+# every run and machine (derandomize, no example database), bounded so a property file runs
+# in seconds, and no per-example deadline: the machine is shared and busy.
+# HYPOTHESIS_PROFILE=explore searches further, with random examples, when run by hand.
+hypothesis.settings.register_profile(
+    "aiosvc", derandomize=True, database=None, deadline=None, max_examples=100
+)
+hypothesis.settings.register_profile("explore", database=None, deadline=None, max_examples=2000)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "aiosvc"))

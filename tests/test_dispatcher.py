@@ -390,6 +390,46 @@ async def test_kwargs_handler_still_checks_named_arguments(dispatcher: Dispatche
         await dispatcher.dispatch(request("kwargs", second=2))
 
 
+@pytest.mark.parametrize("name", ["ctx", "self"])
+async def test_kwargs_handler_refuses_its_own_self_and_ctx(
+    dispatcher: Dispatcher, name: str
+) -> None:
+    # Passed on to **rest they would be a second value for the parameter: a TypeError
+    # from the call, logged with a traceback as if the method had failed.
+    raw = encode_request(Context(), "kwargs", {"first": 1, name: 2}, "1.0", None)
+    with pytest.raises(InvalidArguments, match=rf"^kwargs\(\): {name}: unexpected argument$"):
+        await dispatcher.dispatch(decode_request(raw))
+
+
+async def test_a_huge_bad_argument_is_named_briefly(dispatcher: Dispatcher) -> None:
+    # The message is logged and sent back: it must not be as big as the request.
+    with pytest.raises(InvalidArguments) as info:
+        await dispatcher.dispatch(request("create_volume", volume_id="v1", size_gb="9x" * 500_000))
+    assert str(info.value).startswith("create_volume(): size_gb: Input should be a valid integer")
+    assert len(str(info.value)) < 300
+
+
+async def test_many_unexpected_arguments_are_counted_not_listed(dispatcher: Dispatcher) -> None:
+    args = {f"{'k' * 1000}{i}": i for i in range(1000)}
+    with pytest.raises(InvalidArguments) as info:
+        await dispatcher.dispatch(request("create_volume", volume_id="v1", size_gb=1, **args))
+    assert str(info.value).endswith("; and 990 more")
+    assert len(str(info.value)) < 2000
+
+
+async def test_a_huge_unknown_method_is_named_briefly(dispatcher: Dispatcher) -> None:
+    with pytest.raises(NoSuchMethod) as info:
+        await dispatcher.dispatch(request("m" * 1_000_000))
+    assert len(str(info.value)) < 200
+
+
+async def test_an_argument_without_a_json_form_is_invalid(dispatcher: Dispatcher) -> None:
+    # Only an in-process caller can hand the dispatcher such a value.
+    bad = Request("untyped", {"anything": object()}, Context(), "1.0", None)
+    with pytest.raises(InvalidArguments, match=r"^untyped\(\): not JSON-serialisable"):
+        await dispatcher.dispatch(bad)
+
+
 async def test_argument_names_that_clash_with_pydantic_members() -> None:
     # json, copy, schema, model_config: fine names for an RPC argument.
     dispatcher = Dispatcher(VolumeAPI())

@@ -155,6 +155,8 @@ def test_absent_version_means_1_0_and_absent_args_mean_none() -> None:
         (json.dumps({"method": "m"}).encode(), "unsupported envelope version None"),
         (body(aiosvc=2), "unsupported envelope version 2"),
         (body(aiosvc="1"), "unsupported envelope version '1'"),
+        (body(aiosvc=True), "unsupported envelope version True"),  # True == 1 in Python
+        (body(aiosvc=1.0), "unsupported envelope version 1.0"),
         (body(method=None), "'method' must be a non-empty string"),
         (body(method=""), "'method' must be a non-empty string"),
         (body(method=["m"]), "'method' must be a non-empty string"),
@@ -182,6 +184,14 @@ def test_malformed_request_names_the_problem(raw: bytes, problem: str) -> None:
         decode_request(raw)
     assert problem in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_a_huge_bad_value_is_named_briefly() -> None:
+    # The reason is logged for each malformed message: it must not be as big as the message.
+    with pytest.raises(MalformedMessage) as info:
+        decode_request(body(aiosvc="x" * 1_000_000))
+    assert len(str(info.value)) < 200
+    assert "unsupported envelope version 'xxx" in str(info.value)
 
 
 def test_unknown_context_fields_are_ignored() -> None:
@@ -411,10 +421,27 @@ def test_version_is_compatible(implemented: str, requested: str, ok: bool) -> No
     assert version_is_compatible(implemented, requested) is ok
 
 
-@pytest.mark.parametrize("version", ["1", "1.2.3.4", "a.b", "1.x", "", "1..2", "-1.0", "1.2 "])
+@pytest.mark.parametrize(
+    "version",
+    [
+        *["1", "1.2.3.4", "a.b", "1.x", "", "1..2", "-1.0", "1.2 "],
+        "1.\u00b2",  # superscript two: str.isdigit() is true, int() refuses it
+        "1.\u0661",  # Arabic-Indic one: int() reads it as 1
+        "1." + "1" * 5000,  # more digits than int() converts
+    ],
+)
 def test_parse_version_rejects(version: str) -> None:
-    with pytest.raises(ValueError, match="invalid API version"):
+    with pytest.raises(
+        ValueError, match=r"^invalid API version .*: expected 'X\.Y' or 'X\.Y\.Z'$"
+    ) as info:
         parse_version(version)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("version", ["1.\u00b2", "1.\u0661"])
+def test_a_request_with_non_ascii_digits_in_its_version_is_malformed(version: str) -> None:
+    with pytest.raises(MalformedMessage, match="invalid API version"):
+        decode_request(body(version=version))
 
 
 def test_parse_version() -> None:

@@ -23,7 +23,7 @@ from ..context import Context
 from ..exceptions import InvalidArguments, NoSuchMethod, UnsupportedVersion
 from ..manager import Manager
 from ..tasks import cancel_requested
-from .protocol import Request, dumps, version_is_compatible
+from .protocol import Request, brief, dumps, version_is_compatible
 
 __all__ = ["Dispatcher"]
 
@@ -38,6 +38,8 @@ class _Endpoint:
     args_model: type[pydantic.BaseModel]
     fields: dict[str, str]  # argument name -> field name in args_model
     var_kwargs: bool
+    # Names a caller must not give even to a **kwargs method: its self and ctx parameters.
+    reserved: frozenset[str]
 
 
 class Dispatcher:
@@ -68,21 +70,22 @@ class Dispatcher:
             UnsupportedVersion, NoSuchMethod, InvalidArguments: the request does not fit.
             Exception: whatever the method raised.
         """
+        # The caller's values are quoted with brief(): a message sized like its request
+        # would be logged and sent back whole.
+        method = brief(request.method)
         if request.namespace != self.namespace:
             raise UnsupportedVersion(
-                f"{request.method}: no endpoint for namespace {request.namespace!r} "
+                f"{method}: no endpoint for namespace {brief(request.namespace)} "
                 f"(this service serves {self.namespace!r})"
             )
         if not version_is_compatible(self.version, request.version):
             raise UnsupportedVersion(
-                f"{request.method}: requested API version {request.version}, "
+                f"{method}: requested API version {request.version}, "
                 f"this service implements {self.version}"
             )
         endpoint = self.endpoints.get(request.method)
         if endpoint is None:
-            raise NoSuchMethod(
-                f"{type(self.manager).__name__} has no RPC method {request.method!r}"
-            )
+            raise NoSuchMethod(f"{type(self.manager).__name__} has no RPC method {method}")
         kwargs = self.validate(request.method, endpoint, request.args)
         args = (request.context,) if endpoint.takes_ctx else ()
         try:
@@ -112,8 +115,17 @@ class Dispatcher:
             model = endpoint.args_model.model_validate_json(dumps(args))
         except pydantic.ValidationError as exc:
             raise InvalidArguments(f"{method}(): {_describe(exc)}") from None
+        except TypeError as exc:  # a value with no JSON form (from an in-process caller)
+            raise InvalidArguments(f"{method}(): {exc}") from None
         kwargs = {name: getattr(model, field) for name, field in endpoint.fields.items()}
         if endpoint.var_kwargs and model.model_extra:
+            # Given to **kwargs, "self" or "ctx" would be a second value for that
+            # parameter: a TypeError from the call, as if the method had failed.
+            clash = sorted(endpoint.reserved.intersection(model.model_extra))
+            if clash:
+                raise InvalidArguments(
+                    f"{method}(): " + "; ".join(f"{name}: unexpected argument" for name in clash)
+                )
             kwargs.update(model.model_extra)
         return kwargs
 
@@ -125,11 +137,14 @@ def _build_endpoint(manager: Manager, name: str, func: Callable[..., Any]) -> _E
         hints = typing.get_type_hints(func, include_extras=True)
     except Exception as exc:
         raise TypeError(f"cannot read the type hints of {func.__qualname__}: {exc}") from exc
-    params = list(signature.parameters.values())[1:]  # skip self
+    params = list(signature.parameters.values())
+    reserved = {params[0].name} if params else set()  # self
+    params = params[1:]
     takes_ctx = bool(params) and (
         params[0].name in _CTX_NAMES or hints.get(params[0].name) is Context
     )
     if takes_ctx:
+        reserved.add(params[0].name)
         params = params[1:]
     fields: dict[str, Any] = {}
     var_kwargs = False
@@ -165,17 +180,26 @@ def _build_endpoint(manager: Manager, name: str, func: Callable[..., Any]) -> _E
         args_model=model,
         fields=names,
         var_kwargs=var_kwargs,
+        reserved=frozenset(reserved),
     )
+
+
+_MAX_PROBLEMS = 10
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
     problems = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    for err in errors[:_MAX_PROBLEMS]:
         field = ".".join(str(p) for p in err["loc"]) or "arguments"
+        if len(field) > 80:  # an unexpected argument's name is the caller's to choose
+            field = brief(field)
         if err["type"] == "missing":
             problems.append(f"{field}: missing required argument")
         elif err["type"] == "extra_forbidden":
             problems.append(f"{field}: unexpected argument")
         else:
-            problems.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{field}: {err['msg']} (got {brief(err.get('input'))})")
+    if len(errors) > _MAX_PROBLEMS:
+        problems.append(f"and {len(errors) - _MAX_PROBLEMS} more")
     return "; ".join(problems)

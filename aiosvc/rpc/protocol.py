@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
+import reprlib
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from ..exceptions import MalformedMessage, RemoteError
 __all__ = [
     "PROTOCOL_VERSION",
     "Request",
+    "brief",
     "decode_reply",
     "decode_request",
     "dumps",
@@ -46,6 +49,21 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+
+_VERSION = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}(?:\.[0-9]{1,9})?")
+
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 80
+_brief.maxlevel = 3
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to about 80 characters a level, for an error message or a log line.
+
+    A peer's value goes into messages this way: a 1 MB string in a malformed message must
+    not make a 1 MB log line (nor a reply to match).
+    """
+    return _brief.repr(value)
 
 
 def dumps(value: Any) -> bytes:
@@ -109,8 +127,9 @@ def decode_request(body: bytes) -> Request:
     data = _loads(body)
     if not isinstance(data, dict):
         raise MalformedMessage(f"request must be a JSON object, got {type(data).__name__}")
-    if data.get("aiosvc") != PROTOCOL_VERSION:
-        raise MalformedMessage(f"unsupported envelope version {data.get('aiosvc')!r}")
+    envelope = data.get("aiosvc")
+    if type(envelope) is not int or envelope != PROTOCOL_VERSION:  # not True, not 1.0
+        raise MalformedMessage(f"unsupported envelope version {brief(envelope)}")
     method = data.get("method")
     if not isinstance(method, str) or not method:
         raise MalformedMessage("request field 'method' must be a non-empty string")
@@ -232,10 +251,11 @@ def parse_version(version: str) -> tuple[int, int, int]:
     Raises:
         ValueError: not of that form.
     """
-    parts = version.split(".")
-    if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"invalid API version {version!r}: expected 'X.Y' or 'X.Y.Z'")
-    major, minor, *rest = (int(p) for p in parts)
+    # ASCII digits only: str.isdigit() also takes a superscript two (int() refuses it)
+    # and an Arabic-Indic one (int() reads 1), which no version should contain.
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"invalid API version {brief(version)}: expected 'X.Y' or 'X.Y.Z'")
+    major, minor, *rest = (int(p) for p in version.split("."))
     return major, minor, rest[0] if rest else 0
 
 

@@ -28,7 +28,7 @@ from ..log import current_service
 from ..settings import Settings
 from ..transport.base import Consumer, IncomingMessage, Transport
 from .dispatcher import Dispatcher
-from .protocol import decode_request, encode_failure, encode_result
+from .protocol import brief, decode_request, encode_failure, encode_result
 
 __all__ = ["RPCServer"]
 
@@ -123,9 +123,11 @@ class RPCServer:
             try:
                 request = decode_request(message.body)
             except MalformedMessage as exc:
+                # One line each, however many come: the id is quoted (a sender's id may
+                # hold a line break) and the reason names values briefly.
                 log.error(
                     "Dead-lettering malformed message %s on topic %s: %s",
-                    message.message_id,
+                    brief(message.message_id),
                     self.topic,
                     exc,
                 )
@@ -138,7 +140,10 @@ class RPCServer:
                     reply = encode_result(result)
                 except _REFUSALS as exc:
                     log.warning(
-                        "Refused %s (message %s): %s", request.method, message.message_id, exc
+                        "Refused %s (message %s): %s",
+                        brief(request.method),
+                        brief(message.message_id),
+                        exc,
                     )
                     reply = encode_failure(exc)
                 except Exception as exc:
