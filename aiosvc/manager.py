@@ -238,7 +238,7 @@ class Manager:
                     continue  # an override of a base's endpoint is served under its wire name
                 if name in taken and name not in wire and inspect.isfunction(value):
                     raise ServiceError(_clash(klass, name, taken[name]))
-                if inspect.isfunction(value):
+                if _written_as_method(klass, name, value):
                     methods[name] = value
                 elif name in methods:
                     # A subclass replaced an endpoint with a non-method: not callable now.
@@ -253,6 +253,21 @@ class Manager:
 
 def _nothing() -> None:
     pass
+
+
+def _written_as_method(klass: type, name: str, value: object) -> bool:
+    """Whether ``value`` is a function written for ``klass`` as ``def name``.
+
+    That is one written in the class body, or (a class made by ``type(...)``) one of the
+    module that made the class, under its own name. Never a function merely assigned to a
+    class attribute (``dumps = json.dumps``, a lambda, an alias of another method): RPC
+    must not reach code the class did not write as a method.
+    """
+    if not inspect.isfunction(value):
+        return False
+    if value.__qualname__ == f"{klass.__qualname__}.{name}":
+        return True
+    return value.__name__ == name and value.__module__ in (klass.__module__, None)
 
 
 def _is_framework(klass: type) -> bool:
