@@ -18,25 +18,29 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 
 from . import __version__
-from .exceptions import AiosvcError, ConfigError, ServiceError
+from .exceptions import AiosvcError, ConfigError, MalformedMessage, ServiceError
 from .launcher import launch
 from .loading import load_object
-from .log import setup_logging
+from .log import one_line, setup_logging
 from .manager import Manager
 from .rpc.client import RPCClient
+from .rpc.protocol import decode_request, parse_version
 from .service import CLOSE_TIMEOUT, Service
 from .settings import Settings, redact_url
 from .store import ServiceStore, get_store, store_class
 from .tasks import unwrap_group
 from .transport import Transport, connect, get_transport, transport_class
+from .transport.topology import dead_letter_exchange
 from .workers import ParentLink, ProcessLauncher, stop_timeout
 
 if TYPE_CHECKING:  # aiosvc.api needs uvicorn: imported only when --api is given
     from .api import ASGIApp
+    from .transport.amqp.deadletters import DeadLetter
 
 __all__ = ["main"]
 
@@ -78,6 +82,15 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return seconds
+
+
+def _api_version(text: str) -> str:
+    """A ``--version`` of ``call``/``cast``: checked here, before anything connects."""
+    try:
+        parse_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _workers(text: str) -> int:
@@ -203,7 +216,12 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         cmd.add_argument("--server", metavar="HOST", help="send to the service on this host only")
         cmd.add_argument(
-            "--version", dest="api_version", default="1.0", metavar="V", help="API version"
+            "--version",
+            dest="api_version",
+            type=_api_version,
+            default="1.0",
+            metavar="V",
+            help="API version",
         )
         cmd.add_argument("--namespace", default=None)
         if name == "call":
@@ -248,6 +266,46 @@ def _build_parser() -> argparse.ArgumentParser:
     ):
         cmd = dsub.add_parser(action, parents=[common], help=helptext)
         cmd.set_defaults(func=_cmd_db, action=action)
+
+    dead = sub.add_parser("dead-letters", help="look at dead letters, replay or purge them")
+    dlsub = dead.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dlist = dlsub.add_parser("list", parents=[common], help="show dead letters (none is removed)")
+    dlist.add_argument("--limit", type=_workers, default=100, metavar="N", help="show N at most")
+    dlist.add_argument("--json", action="store_true")
+    dlist.set_defaults(func=_cmd_dead_letters)
+    replay = dlsub.add_parser(
+        "replay", parents=[common], help="republish dead letters to the queues they died in"
+    )
+    replay.add_argument("--limit", type=_workers, metavar="N", help="replay N at most")
+    replay.add_argument("--message-id", metavar="ID", help="replay this message only")
+    replay.set_defaults(func=_cmd_dead_letters)
+    purge = dlsub.add_parser("purge", parents=[common], help="delete every dead letter")
+    purge.set_defaults(func=_cmd_dead_letters)
+
+    queues = sub.add_parser("queues", help="the topics' queues on the broker")
+    qsub = queues.add_subparsers(dest="action", metavar="ACTION", required=True)
+    migrate = qsub.add_parser(
+        "migrate",
+        parents=[common],
+        help="re-create queues with the arguments of the current settings, keeping their "
+        "messages (stop the services of those topics first)",
+    )
+    migrate.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        help="a topic whose queues to migrate (repeatable; default: every topic in the "
+        "services table)",
+    )
+    migrate.add_argument(
+        "--host",
+        dest="hosts",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also migrate topic.HOST (repeatable; the services table's hosts are added)",
+    )
+    migrate.set_defaults(func=_cmd_queues_migrate)
     return parser
 
 
@@ -266,6 +324,10 @@ def _load_settings(args: argparse.Namespace, settings_cls: type[Settings] = Sett
         raise ConfigError(
             f"unknown setting(s) for {settings_cls.__name__}: "
             + ", ".join(f"--set {name}" for name in sorted(unknown))
+        )
+    if unknown and args.command != "run":  # run checked them against its managers' settings
+        raise ConfigError(
+            "unknown setting(s): " + ", ".join(f"--set {name}" for name in sorted(unknown))
         )
     if unknown:
         overrides = {k: v for k, v in overrides.items() if k not in unknown}
@@ -585,6 +647,108 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- dead-letters / queues
+
+
+def _broker_settings(args: argparse.Namespace) -> Settings:
+    """The settings, for commands that work on RabbitMQ's queues themselves."""
+    settings = _load_settings(args)
+    if urlsplit(settings.transport_url).scheme not in ("amqp", "amqps"):
+        raise UsageError(
+            f"{args.command} {args.action} works on RabbitMQ's queues, and "
+            f"{redact_url(settings.transport_url)} is not RabbitMQ: "
+            "set AIOSVC_TRANSPORT_URL (or --transport-url) to amqp://..."
+        )
+    return settings
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from .transport.amqp import deadletters
+
+    settings = _broker_settings(args)
+    queue = dead_letter_exchange(settings.control_exchange)
+    if args.action == "purge":
+        print(f"purged {asyncio.run(deadletters.purge(settings))} dead letter(s) from {queue}")
+        return EXIT_OK
+    if args.action == "replay":
+        limit = args.limit or sys.maxsize
+        done = asyncio.run(deadletters.replay(settings, limit, args.message_id))
+        for letter in done.replayed:
+            print(f"replayed {letter.message_id} to queue {letter.queue}")
+        for letter in done.kept:
+            print(f"kept {letter.message_id}: its queue {letter.queue} is gone")
+        print(f"replayed {len(done.replayed)} dead letter(s) from {queue}")
+        if args.message_id and not done.replayed and not done.kept:
+            print(f"aiosvc: error: no dead letter {args.message_id} in {queue}", file=sys.stderr)
+            return EXIT_FAILURE
+        return EXIT_OK
+    total, letters = asyncio.run(deadletters.list_dead_letters(settings, args.limit))
+    rows = [_dead_letter_row(letter) for letter in letters]
+    if args.json:
+        print(json.dumps([dict(zip(_DEAD_LETTER_KEYS, row, strict=True)) for row in rows]))
+        return EXIT_OK
+    print(_table(_DEAD_LETTER_COLUMNS, [[str(cell) for cell in row] for row in rows]))
+    print(f"{queue}: {total} dead letter(s), {len(rows)} shown")
+    return EXIT_OK
+
+
+_DEAD_LETTER_COLUMNS = (
+    "Message Id",
+    "Reason",
+    "Queue",
+    "Exchange",
+    "Routing Key",
+    "Died At",
+    "Method",
+    "Size",
+)
+_DEAD_LETTER_KEYS = tuple(c.lower().replace(" ", "_") for c in _DEAD_LETTER_COLUMNS)
+
+
+def _dead_letter_row(letter: DeadLetter) -> tuple[str, str, str, str, str, str, str, int]:
+    try:
+        method = decode_request(letter.body).method
+    except MalformedMessage:
+        method = "(malformed)"
+    died_at = letter.died_at.isoformat(timespec="seconds") if letter.died_at else "-"
+    return (
+        letter.message_id,
+        letter.reason,
+        letter.queue,
+        letter.exchange or "(default)",
+        letter.routing_key,
+        died_at,
+        method,
+        letter.size,
+    )
+
+
+def _cmd_queues_migrate(args: argparse.Namespace) -> int:
+    from .transport.amqp.migrate import migrate_queues
+
+    settings = _broker_settings(args)
+    hosts: dict[str, set[str]] = {topic: set(args.hosts) for topic in args.topic}
+    if not store_class(settings.database_url).in_process:
+
+        async def recorded() -> list[Any]:
+            async with get_store(settings, migrate=False) as store:
+                return await store.list()
+
+        for record in asyncio.run(recorded()):
+            if record.topic in hosts or not args.topic:
+                hosts.setdefault(record.topic, set(args.hosts)).add(record.host)
+    elif not args.topic:
+        raise UsageError(
+            "queues migrate needs --topic (there is no shared database whose services "
+            "table names the topics: set AIOSVC_DATABASE_URL to postgresql://... or name them)"
+        )
+    topics = [(topic, sorted(hosts[topic])) for topic in sorted(hosts)]
+    for done in asyncio.run(migrate_queues(settings, topics)):
+        moved = f", {done.moved} message(s) moved and back" if done.moved else ""
+        print(f"{done.kind} {done.name}: {done.outcome}{moved}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line's entry point; returns the exit status."""
     parser = _build_parser()
@@ -595,6 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     args.argv = argv  # what a --workers parent gives its workers
     debug = (args.log_level or "").upper() == "DEBUG"
+    if args.command != "run" and not debug:
+        # A one-shot command has no log: with no handler, Python prints what aio-pika and
+        # aiormq log about a failed connection, a second line before the error's own.
+        for noisy in ("aio_pika", "aiormq"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
         return code
@@ -612,4 +781,4 @@ def _error(exc: BaseException, debug: bool) -> None:
     if debug:
         logging.getLogger("aiosvc").error("failed", exc_info=exc)
     name = type(exc).__name__
-    print(f"aiosvc: error: {name}: {exc}", file=sys.stderr)
+    print(f"aiosvc: error: {name}: {one_line(exc)}", file=sys.stderr)

@@ -52,6 +52,9 @@ _explicit_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 S = TypeVar("S", bound="Settings")
 
+# RabbitMQ takes a message TTL of at most 2**32 - 1 ms (about 49 days).
+_MAX_TTL_SECONDS = (2**32 - 1) // 1000
+
 
 class Settings(BaseSettings):
     """Options every service reads (DESIGN section 4).
@@ -69,7 +72,9 @@ class Settings(BaseSettings):
     )
 
     transport_url: str = Field(
-        "memory://", description="Message broker: memory://, amqp://user:pass@host:5672/vhost"
+        "memory://",
+        description="Message broker: memory://, amqp://user:pass@host:5672/vhost, "
+        "or several: amqp://user:pass@host1:5672,host2:5672/vhost",
     )
     database_url: str = Field(
         "memory://", description="Service store: memory:// or postgresql://user:pass@host/db"
@@ -116,6 +121,18 @@ class Settings(BaseSettings):
     )
     amqp_quorum_queues: bool = Field(
         False, description="Declare them as quorum queues (survive a RabbitMQ node's loss)"
+    )
+    dead_letter_max_length: int = Field(
+        10000,
+        gt=0,
+        description="Most messages the dead-letter queue <control_exchange>.dlx keeps; "
+        "the oldest go first",
+    )
+    dead_letter_ttl: float = Field(
+        604800.0,
+        gt=0,
+        le=_MAX_TTL_SECONDS,
+        description="Seconds a dead letter is kept in <control_exchange>.dlx (default 7 days)",
     )
     allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -170,7 +187,7 @@ class Settings(BaseSettings):
     @field_validator("transport_url")
     @classmethod
     def _transport_scheme(cls, value: str) -> str:
-        return _check_scheme(value, backends.TRANSPORTS)
+        return _check_ports(_check_scheme(value, backends.TRANSPORTS))
 
     @field_validator("database_url")
     @classmethod
@@ -307,6 +324,19 @@ def _check_scheme(value: str, schemes: Collection[str]) -> str:
     return value
 
 
+def _check_ports(value: str) -> str:
+    """``value`` if each of its hosts (``h1:1,h2:2`` for a list) has no port or one of 0-65535."""
+    hosts = urlsplit(value).netloc.split(",")
+    for host in hosts:
+        if len(hosts) > 1 and not host.rpartition("@")[2]:
+            raise ValueError("an empty host in the list of hosts")
+        try:
+            urlsplit(f"//{host}").port  # noqa: B018  (parsing it is the check)
+        except ValueError as exc:
+            raise ValueError(f"bad port in {host.rpartition('@')[2]!r}: {exc}") from None
+    return value
+
+
 def config_error(
     exc: ValidationError,
     env_prefix: str = "AIOSVC_",
@@ -389,13 +419,22 @@ def _source_error(exc: SettingsError, env_prefix: str) -> ConfigError:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``; safe to log."""
+    """``url`` with any password replaced by ``***``; safe to log.
+
+    Every host of a list (``amqp://u:p@h1,u:p@h2/``) is masked.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    hosts = [_redact_userinfo(host) for host in parts.netloc.split(",")]
+    return urlunsplit(parts._replace(netloc=",".join(hosts)))
+
+
+def _redact_userinfo(netloc: str) -> str:
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return netloc
+    return f"{userinfo.split(':', 1)[0]}:***@{hostport}"

@@ -599,14 +599,24 @@ async def test_amqp_survives_a_broker_restart(
 
 
 @pytest.mark.amqp
-async def test_amqp_conflicting_queue_is_a_clear_error(amqp_url: str, topic: str) -> None:
+async def test_amqp_conflicting_queue_is_used_as_it_is_with_a_warning(
+    amqp_url: str, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue declared with other arguments (older settings) does not brick the start."""
     import aio_pika
 
     connection = await aio_pika.connect(amqp_url)
     async with connection, connection.channel() as channel:
         await channel.declare_queue(topic, durable=False, auto_delete=False)
         settings = Settings(transport_url=amqp_url, control_exchange=f"test-{_uid()}")
-        async with get_transport(settings) as server:
-            with pytest.raises(TransportError, match="PRECONDITION_FAILED"):
-                await server.consume(topic, "h1", Inbox(), prefetch=1)
+        inbox = Inbox()
+        with caplog.at_level(logging.WARNING, "aiosvc.transport.amqp"):
+            async with get_transport(settings) as server, get_transport(settings) as client:
+                await server.consume(topic, "h1", inbox, prefetch=1)
+                assert await client.call(topic, b"x", message_id=_uid(), timeout=WAIT) == b"re:x"
         await channel.queue_delete(topic)
+    [warning] = [
+        r.getMessage() for r in caplog.records if "exists with other arguments" in r.getMessage()
+    ]
+    assert "inequivalent arg 'durable'" in warning
+    assert f"queues migrate --topic {topic}" in warning

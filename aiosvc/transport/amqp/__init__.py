@@ -8,9 +8,14 @@ The only package of aiosvc that imports ``aio_pika``/``aiormq``. One module per 
 * :mod:`.declare`: the exchanges and queues, as RabbitMQ declares them (the names come
   from :mod:`aiosvc.transport.topology`, shared with the memory transport);
 * :mod:`.replies`: direct reply-to replies matched to the calls waiting for them;
-* :mod:`.channel`: :class:`ChannelKeeper`, which keeps a channel usable across reconnects.
+* :mod:`.channel`: :class:`ChannelKeeper`, which keeps a channel usable across reconnects;
+* :mod:`.connection`: several brokers in one URL and the failover between them, and what
+  is logged when the broker goes and comes back;
+* :mod:`.deadletters`: listing, replaying and purging ``<control_exchange>.dlx``;
+* :mod:`.migrate`: re-creating queues whose arguments the settings changed.
 
-URL: ``amqp[s]://user:password@host:port/vhost?query``. Query parameters understood
+URL: ``amqp[s]://user:password@host:port/vhost?query``, or several brokers,
+``amqp[s]://user:password@host1:port,host2:port/vhost?query``. Query parameters understood
 (by aio-pika/aiormq underneath):
 
 * TLS (``amqps://``): ``cafile``, ``capath``, ``cadata`` (base64 DER), ``certfile`` and
@@ -21,9 +26,8 @@ URL: ``amqp[s]://user:password@host:port/vhost?query``. Query parameters underst
   ``<prog>:<pid>:<topic>`` for the consuming one), ``reconnect_interval`` (seconds
   between reconnection attempts, default 1), ``auth`` (``plain`` or ``external``).
 
-RabbitMQ dead-letters a call request that expired in its queue into
-``<control_exchange>.dlx`` too (``x-first-death-reason: expired``); the memory transport
-just drops it.
+A call request that expired in its queue is dropped, as by the memory transport: the
+dead-letter exchange routes only the other reasons to its queue (:mod:`.declare`).
 
 Reconnect: connections are aio-pika robust connections, which reconnect and reopen their
 channels; everything on the channels (topology, consumers, the direct reply-to consumer,

@@ -6,17 +6,59 @@ and ``topic.host`` bound by their own names (durable per ``amqp_durable_queues``
 queues with ``amqp_quorum_queues``); the durable fanout exchange ``topic_fanout`` with one
 auto-delete queue per consumer; and the dead-letter exchange and queue
 ``<control_exchange>.dlx`` that every one of those queues dead-letters into.
+
+The dead-letter exchange is a *headers* exchange: the dead-letter queue is bound to it once
+per reason RabbitMQ records in ``x-first-death-reason`` that is worth keeping (``rejected``,
+``maxlen``, ``delivery_limit``), so a call request that expired in its queue (its caller
+gave up, and will read no answer) matches no binding and is dropped. The queue is bounded
+by ``dead_letter_max_length`` (the oldest go first) and ``dead_letter_ttl``.
+
+A queue or exchange keeps the arguments it was first declared with, and RabbitMQ refuses
+(``PRECONDITION_FAILED``, which closes the channel) a declaration with others: after a
+change of ``amqp_quorum_queues``, ``control_exchange`` or the dead-letter bounds, or an
+upgrade from a version that declared the dead-letter exchange ``fanout``. A service must
+still start then: such a declaration falls back to using what exists as it is, with one
+warning naming what differs and ``python -m aiosvc queues migrate``, which re-creates it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, NamedTuple
+
+import aiormq
 
 from ...settings import Settings
 from .. import topology
 from .channel import Channel
 
-__all__ = ["Declarer"]
+__all__ = ["DEAD_LETTER_REASONS", "MIGRATE_COMMAND", "Declarer", "QueueSpec"]
+
+log = logging.getLogger(__name__)
+
+#: The ``x-first-death-reason`` values routed to the dead-letter queue; ``expired`` is not.
+DEAD_LETTER_REASONS = ("rejected", "maxlen", "delivery_limit")
+DEAD_LETTER_EXCHANGE_KIND = "headers"
+#: What an operator runs to re-create queues with the arguments of the current settings.
+MIGRATE_COMMAND = "python -m aiosvc queues migrate"
+
+
+class QueueSpec(NamedTuple):
+    """A queue as the current settings declare it."""
+
+    name: str
+    durable: bool
+    arguments: dict[str, Any]
+
+
+def dead_letter_bindings() -> list[dict[str, Any]]:
+    """The binding arguments of the dead-letter queue on its headers exchange, one per reason.
+
+    ``any-with-x`` (RabbitMQ 3.10+): a headers exchange ignores ``x-`` headers otherwise.
+    """
+    return [{"x-match": "any-with-x", "x-first-death-reason": r} for r in DEAD_LETTER_REASONS]
 
 
 class Declarer:
@@ -32,13 +74,33 @@ class Declarer:
         self.dead_letter = topology.dead_letter_exchange(self.exchange)
         self._quorum = settings.amqp_quorum_queues
         self._durable = settings.amqp_durable_queues or self._quorum
+        self._dead_letter_max_length = settings.dead_letter_max_length
+        self._dead_letter_ttl_ms = max(1, round(settings.dead_letter_ttl * 1000))
         self._declared: set[str] = set()
+        self._warned: set[str] = set()
 
-    def _queue_arguments(self) -> dict[str, Any]:
+    # -- what the settings ask ----------------------------------------------
+
+    def topic_queues(self, topic: str, hosts: tuple[str, ...] = ()) -> list[QueueSpec]:
+        """The shared queue of ``topic`` and the queues of ``hosts``, as declared now."""
         arguments: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter}
         if self._quorum:
             arguments["x-queue-type"] = "quorum"
-        return arguments
+        names = [topology.shared_queue(topic), *(topology.server_queue(topic, h) for h in hosts)]
+        return [QueueSpec(name, self._durable, dict(arguments)) for name in names]
+
+    def dead_letter_queue(self) -> QueueSpec:
+        """The dead-letter queue ``<control_exchange>.dlx``, bounded, as declared now."""
+        arguments: dict[str, Any] = {
+            "x-max-length": self._dead_letter_max_length,
+            "x-overflow": "drop-head",
+            "x-message-ttl": self._dead_letter_ttl_ms,
+        }
+        if self._quorum:
+            arguments["x-queue-type"] = "quorum"
+        return QueueSpec(self.dead_letter, True, arguments)
+
+    # -- publishers ---------------------------------------------------------
 
     async def exchange_for(self, channel: Channel, route: topology.Route) -> None:
         """Declare the exchange of ``route`` unless this declarer did already."""
@@ -53,28 +115,109 @@ class Declarer:
         """Declare exchanges again on next use (the channel was lost)."""
         self._declared.clear()
 
+    # -- consumers ----------------------------------------------------------
+
     async def consumer_queues(
         self, channel: Channel, topic: str, host: str, fanout_queue: str
     ) -> None:
         """Declare and bind the dead-letter queue and the three queues of one consumer.
 
         Everything is declared every time (on each reopened channel too): after a
-        reconnect the broker may have lost what is not durable, or be a new one.
+        reconnect the broker may have lost what is not durable, or be a new one. What
+        RabbitMQ may refuse is declared on a channel of its own (a refusal closes it), and
+        used as it is when refused (:meth:`_tolerant`).
         """
-        dlx = self.dead_letter
-        await channel.exchange_declare(dlx, exchange_type="fanout", durable=True)
-        await channel.queue_declare(
-            dlx, durable=True, arguments={"x-queue-type": "quorum"} if self._quorum else None
-        )
-        await channel.queue_bind(dlx, dlx, routing_key="")
+        dlq = self.dead_letter_queue()
+        async with _Probe(channel) as probe:
+            wanted = f"a {DEAD_LETTER_EXCHANGE_KIND} exchange, so that expired calls are dropped"
+            await self._tolerant(
+                probe,
+                f"exchange {self.dead_letter!r}",
+                wanted,
+                topic,
+                partial(_declare_exchange, self.dead_letter, DEAD_LETTER_EXCHANGE_KIND),
+            )
+            for spec in (dlq, *self.topic_queues(topic, (host,))):
+                await self._tolerant(
+                    probe,
+                    f"queue {spec.name!r}",
+                    _shown(spec.arguments),
+                    topic,
+                    partial(_declare_queue, spec),
+                )
+        for arguments in dead_letter_bindings():
+            await channel.queue_bind(dlq.name, self.dead_letter, arguments=arguments)
         await self._exchange(channel, self.exchange, "topic")
-        arguments = self._queue_arguments()
         for queue in (topology.shared_queue(topic), topology.server_queue(topic, host)):
-            await channel.queue_declare(queue, durable=self._durable, arguments=arguments)
             await channel.queue_bind(queue, self.exchange, routing_key=queue)
         fanout = topology.fanout_exchange(topic)
         await self._exchange(channel, fanout, "fanout")
         await channel.queue_declare(
-            fanout_queue, auto_delete=True, arguments={"x-dead-letter-exchange": dlx}
+            fanout_queue, auto_delete=True, arguments={"x-dead-letter-exchange": self.dead_letter}
         )
         await channel.queue_bind(fanout_queue, fanout, routing_key="")
+
+    async def _tolerant(
+        self,
+        probe: _Probe,
+        what: str,
+        wanted: str,
+        topic: str,
+        declare: Callable[[Channel, bool], Awaitable[object]],
+    ) -> None:
+        """``declare(channel, passive=False)``; when RabbitMQ refuses it (``what`` exists
+        with other arguments), use it as it is, with one warning per ``what``."""
+        try:
+            await declare(await probe.channel(), False)
+            return
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            refusal = str(exc).removeprefix("PRECONDITION_FAILED - ")
+        await declare(await probe.channel(), True)  # it exists, or this raises
+        level = logging.DEBUG if what in self._warned else logging.WARNING
+        self._warned.add(what)
+        log.log(
+            level,
+            "%s exists with other arguments than the settings ask (RabbitMQ: %s); using it "
+            "as it is. The settings ask for %s. To re-create it without losing a message, "
+            "stop the services of topic %r and run `%s --topic %s`",
+            what[:1].upper() + what[1:],
+            refusal,
+            wanted,
+            topic,
+            MIGRATE_COMMAND,
+            topic,
+        )
+
+
+async def _declare_exchange(name: str, kind: str, channel: Channel, passive: bool) -> object:
+    return await channel.exchange_declare(name, exchange_type=kind, durable=True, passive=passive)
+
+
+async def _declare_queue(spec: QueueSpec, channel: Channel, passive: bool) -> object:
+    return await channel.queue_declare(
+        spec.name, durable=spec.durable, arguments=spec.arguments, passive=passive
+    )
+
+
+def _shown(arguments: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in arguments.items()) or "no arguments"
+
+
+class _Probe:
+    """A channel of its own on the connection of ``channel``, reopened after a refusal."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._connection = channel.connection
+        self._channel: Channel | None = None
+
+    async def channel(self) -> Channel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel()
+        return self._channel
+
+    async def __aenter__(self) -> _Probe:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
