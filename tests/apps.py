@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import anyio
@@ -58,12 +59,43 @@ class Journaling(Manager):
         self._write("cleanup_host")
 
 
+class WorkSettings(JournalSettings):
+    work_seconds: float = 0.0
+
+
+class Working(Journaling):
+    """Its ``record`` takes ``AIOSVC_WORK_SECONDS``, so casts are in flight when a test strikes.
+
+    It journals ``record-start`` when a cast begins and ``record`` once it is done, each with
+    the wall-clock time ``t``; ``padding`` lets a test send big messages (it is not journaled).
+    """
+
+    settings_class = WorkSettings
+    settings: WorkSettings
+
+    async def record(self, ctx: Context, item: Any, padding: str = "") -> None:
+        self._write("record-start", item=item, t=time.time())
+        await anyio.sleep(self.settings.work_seconds)
+        self._write("record", item=item, t=time.time())
+
+
 class SlowCleanup(Journaling):
     """Its cleanup_host takes 30 s, so a test can force the stop with a second SIGINT."""
 
     async def cleanup_host(self) -> None:
         self._write("cleanup-start")
         await anyio.sleep(30)
+        self._write("cleanup_host")
+
+
+class GatedCleanup(Journaling):
+    """Its cleanup_host journals ``cleanup-start``, then waits until ``$CLEANUP_GATE`` exists."""
+
+    async def cleanup_host(self) -> None:
+        self._write("cleanup-start")
+        gate = anyio.Path(os.environ["CLEANUP_GATE"])
+        while not await gate.exists():  # noqa: ASYNC110 - a file made by another process
+            await anyio.sleep(0.02)
         self._write("cleanup_host")
 
 

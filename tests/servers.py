@@ -7,7 +7,7 @@ real readiness condition against a deadline, and a failure carries the tail of t
 
 The pytest fixtures in ``conftest.py`` start these lazily. From a shell::
 
-    python -m tests.servers rabbit      # or: postgres
+    python -m tests.servers rabbit      # or: rabbit-cluster (three nodes), postgres
 
 starts one, prints its URL on stdout and runs until Ctrl-C or SIGTERM, then cleans up.
 """
@@ -17,8 +17,10 @@ from __future__ import annotations
 import abc
 import argparse
 import atexit
+import concurrent.futures
 import contextlib
 import itertools
+import json
 import os
 import pwd
 import re
@@ -37,6 +39,7 @@ from typing import Self
 
 __all__ = [
     "PostgresCluster",
+    "RabbitCluster",
     "RabbitNode",
     "ServerError",
     "find_postgres_bin",
@@ -256,11 +259,27 @@ class RabbitNode(_Server):
     The node gets a private epmd on a free port (``ERL_EPMD_PORT``), so nodes of parallel test
     sessions never share, and never need, the system epmd on 4369. Plugins are off and listeners
     bind 127.0.0.1 only (``guest`` may log in from loopback, which is all the tests need).
+
+    Nodes meant to form a cluster (see :class:`RabbitCluster`) are given the epmd port of the
+    node that runs it and one Erlang cookie: such a node starts no epmd of its own.
+
+    Args:
+        sbin: where ``rabbitmq-server`` and ``rabbitmqctl`` are (default: :func:`find_rabbitmq`).
+        start_timeout: upper bound for a boot.
+        epmd_port: an epmd another node runs; None starts the node's own on a free port.
+        cookie: the Erlang cookie; None makes a random one.
     """
 
     _numbers = itertools.count(1)
 
-    def __init__(self, sbin: Path | None = None, *, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        sbin: Path | None = None,
+        *,
+        start_timeout: float = START_TIMEOUT,
+        epmd_port: int | None = None,
+        cookie: str | None = None,
+    ) -> None:
         found = sbin or find_rabbitmq()
         epmd = _find_epmd()
         if found is None or epmd is None:
@@ -269,7 +288,10 @@ class RabbitNode(_Server):
         self.epmd = epmd
         self.start_timeout = start_timeout
         self.nodename = f"aiosvc-test-{os.getpid()}-{next(self._numbers)}@localhost"
-        self.port, self.dist_port, self.epmd_port = free_ports(3)
+        self.port, self.dist_port, own_epmd_port = free_ports(3)
+        self.own_epmd = epmd_port is None
+        self.epmd_port = own_epmd_port if epmd_port is None else epmd_port
+        self.cookie = cookie or secrets.token_hex(20)
         self.directory: Path | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
@@ -322,7 +344,7 @@ class RabbitNode(_Server):
         assert self.directory is not None
         d = self.directory
         cookie = d / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20))
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie file others can read
         (d / "rabbitmq-env.conf").write_text("")  # instead of /etc/rabbitmq/rabbitmq-env.conf
         (d / "enabled_plugins").write_text("[].\n")
@@ -344,50 +366,69 @@ class RabbitNode(_Server):
             return False
         return f"name {short_name} at port ".encode() in answer
 
+    @property
+    def running(self) -> bool:
+        """Whether the node's server process runs (it may still be booting)."""
+        return self._server is not None and self._server.poll() is None
+
     def start(self) -> None:
         """Boot the node; return once ``rabbitmqctl await_startup`` succeeds and AMQP is served.
+
+        The first start creates the node's directory (and its epmd, unless shared); a start
+        after :meth:`kill` boots the same node again, on its state and ports.
 
         Raises:
             ServerError: the node failed to boot or was not ready within ``start_timeout``.
         """
-        if self.directory is not None:
+        if self._server is not None:
             raise ServerError(f"{self!r} is already started")
+        first = self.directory is None
         deadline = time.monotonic() + self.start_timeout
-        self.directory = Path(tempfile.mkdtemp(prefix="aiosvc-rabbit-"))
-        self._register_cleanup()
         try:
-            self._write_config()
-            env = self._env()
-            self._epmd = _spawn(
-                [self.epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                log=self.directory / "epmd.log",
-                env=env,
-            )
-            _wait_until(
-                lambda: _port_open(self.epmd_port),
-                what=f"epmd for {self.nodename}",
-                deadline=deadline,
-                process=self._epmd,
-                logs=[self.directory / "epmd.log"],
-            )
-            self._server = _spawn(
-                [self.sbin / "rabbitmq-server"], log=self.directory / "server.log", env=env
-            )
-            # Once the Erlang node is registered, await_startup (an Erlang VM of its own, ~1 s
-            # to boot) runs while RabbitMQ boots, instead of after it.
-            _wait_until(
-                self._registered_with_epmd,
-                what=f"RabbitMQ node {self.nodename}",
-                deadline=deadline,
-                process=self._server,
-                logs=self._logs,
-            )
-            remaining = max(1, int(deadline - time.monotonic()))
-            self._ctl("await_startup", "--timeout", str(remaining))
-            self._wait_for_amqp(deadline)
+            if self.directory is None:
+                self.directory = Path(tempfile.mkdtemp(prefix="aiosvc-rabbit-"))
+                self._register_cleanup()
+                self._write_config()
+                if self.own_epmd:
+                    self._start_epmd(deadline)
+            self._boot(deadline)
         except BaseException:
-            self.stop()
+            self.stop() if first else self.kill()
             raise
+
+    def _start_epmd(self, deadline: float) -> None:
+        assert self.directory is not None
+        log = self.directory / "epmd.log"
+        self._epmd = _spawn(
+            [self.epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            log=log,
+            env=self._env(),
+        )
+        _wait_until(
+            lambda: _port_open(self.epmd_port),
+            what=f"epmd for {self.nodename}",
+            deadline=deadline,
+            process=self._epmd,
+            logs=[log],
+        )
+
+    def _boot(self, deadline: float) -> None:
+        assert self.directory is not None
+        self._server = _spawn(
+            [self.sbin / "rabbitmq-server"], log=self.directory / "server.log", env=self._env()
+        )
+        # Once the Erlang node is registered, await_startup (an Erlang VM of its own, ~1 s
+        # to boot) runs while RabbitMQ boots, instead of after it.
+        _wait_until(
+            self._registered_with_epmd,
+            what=f"RabbitMQ node {self.nodename}",
+            deadline=deadline,
+            process=self._server,
+            logs=self._logs,
+        )
+        remaining = max(1, int(deadline - time.monotonic()))
+        self._ctl("await_startup", "--timeout", str(remaining))
+        self._wait_for_amqp(deadline)
 
     def _wait_for_amqp(self, deadline: float) -> None:
         _wait_until(
@@ -430,6 +471,23 @@ class RabbitNode(_Server):
         self._ctl("start_app")
         self._wait_for_amqp(time.monotonic() + self.start_timeout)
 
+    def kill(self) -> None:
+        """``kill -9`` the node (its whole process group), as a crash would; keep its state.
+
+        Its directory, ports and epmd stay, so :meth:`start` boots the same node again.
+        Returns once the node is gone from epmd. Safe to call when it is not running.
+        """
+        if self._server is not None:
+            _kill_group(self._server)
+            self._server = None
+            _wait_until(
+                lambda: not self._registered_with_epmd(),
+                what=f"epmd forgetting the killed node {self.nodename}",
+                deadline=time.monotonic() + COMMAND_TIMEOUT,
+                process=None,
+                logs=[],
+            )
+
     def stop(self) -> None:
         """Kill the node and its epmd and remove the temporary directory. Safe to call twice.
 
@@ -447,6 +505,106 @@ class RabbitNode(_Server):
     def close(self) -> None:
         """Same as :meth:`stop`."""
         self.stop()
+
+
+class RabbitCluster(_Server):
+    """``size`` throwaway RabbitMQ nodes on this machine, clustered (three by default).
+
+    The nodes share one epmd (the first node's) and one Erlang cookie, so they find each other;
+    each has its own name, ports and directory. All boot at once, then every other node joins
+    the first (``stop_app``, ``join_cluster``, ``start_app``), and :meth:`start` returns once
+    ``cluster_status`` shows them all running. ``kill()`` and ``start()`` of a single node
+    (``cluster.nodes[i]``) crash it and boot it again into the cluster.
+    """
+
+    def __init__(
+        self, size: int = 3, sbin: Path | None = None, *, start_timeout: float = START_TIMEOUT
+    ) -> None:
+        if size < 2:
+            raise ValueError(f"a cluster needs at least 2 nodes, not {size}")
+        first = RabbitNode(sbin, start_timeout=start_timeout)
+        self.nodes = [first] + [
+            RabbitNode(
+                first.sbin,
+                start_timeout=start_timeout,
+                epmd_port=first.epmd_port,
+                cookie=first.cookie,
+            )
+            for _ in range(size - 1)
+        ]
+        self.start_timeout = start_timeout
+
+    def __repr__(self) -> str:
+        ports = ",".join(str(node.port) for node in self.nodes)
+        return f"<RabbitCluster {len(self.nodes)} nodes amqp=127.0.0.1:{ports}>"
+
+    @property
+    def url(self) -> str:
+        """One AMQP URL listing every node: ``amqp://guest:guest@127.0.0.1:P1,127.0.0.1:P2,.../``."""
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"amqp://guest:guest@{hosts}/"
+
+    def node(self, name: str) -> RabbitNode:
+        """The node called ``name`` (``aiosvc-test-...@localhost``)."""
+        for node in self.nodes:
+            if node.nodename == name:
+                return node
+        raise ServerError(f"{name!r} is not a node of {self!r}")
+
+    def rabbitmqctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` on the first node that runs; see :meth:`RabbitNode.rabbitmqctl`."""
+        for node in self.nodes:
+            if node.running:
+                return node.rabbitmqctl(*args)
+        raise ServerError(f"no node of {self!r} is running")
+
+    def running_nodes(self) -> set[str]:
+        """The names of the nodes ``cluster_status`` reports running."""
+        status = json.loads(self.rabbitmqctl("cluster_status", "--formatter", "json"))
+        return set(status["running_nodes"])
+
+    def start(self) -> None:
+        """Boot the nodes, join them into one cluster; return once all run in it.
+
+        Raises:
+            ServerError: a node failed to boot or join, or the cluster did not form in time.
+        """
+        first, others = self.nodes[0], self.nodes[1:]
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+                booting = [pool.submit(first.start)]
+                # The others register with the first node's epmd: wait until it listens.
+                _wait_until(
+                    lambda: booting[0].done() or _port_open(first.epmd_port),
+                    what=f"epmd of {self!r}",
+                    deadline=deadline,
+                    process=None,
+                    logs=[],
+                )
+                booting += [pool.submit(node.start) for node in others]
+                for future in booting:
+                    future.result()
+            for node in others:  # one at a time: concurrent joins may race in mnesia
+                node.stop_app()
+                node.rabbitmqctl("join_cluster", first.nodename)
+                node.start_app()
+            wanted = {node.nodename for node in self.nodes}
+            _wait_until(
+                lambda: self.running_nodes() >= wanted,
+                what=f"cluster status of {self!r}",
+                deadline=deadline + COMMAND_TIMEOUT,
+                process=None,
+                logs=[path for node in self.nodes for path in node._logs],
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop every node and remove their directories (the first, which runs epmd, last)."""
+        for node in reversed(self.nodes):
+            node.stop()
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
@@ -612,6 +770,54 @@ class PostgresCluster(_Server):
             _run(self._as_owner(*stop, "--mode=immediate"), what="pg_ctl stop", logs=self._logs)
         self.running = False
 
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash would; return once all its processes are gone.
+
+        The data directory stays: ``start()`` starts the cluster again on the same directory
+        and port, and PostgreSQL recovers from its write-ahead log (losing the commits of the
+        last moment: the cluster runs with ``synchronous_commit = off``). Safe to call when it
+        is not running. Linux only (it watches ``/proc``).
+
+        Raises:
+            ServerError: processes of the killed server still ran after ``COMMAND_TIMEOUT``.
+        """
+        if not self.running or self.directory is None:
+            return
+        lock_files = [
+            self._data / "postmaster.pid",
+            self.directory / "socket" / f".s.PGSQL.{self.port}.lock",
+        ]
+        pid = int(lock_files[0].read_text().split("\n", 1)[0])
+        os.kill(pid, signal.SIGKILL)
+        self.running = False
+        # pg_ctl starts the postmaster in a session of its own; its backends and helper
+        # processes, in its process group, notice its death and exit by themselves.
+        deadline = time.monotonic() + COMMAND_TIMEOUT
+        while self._group_alive(pid):
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self!r}: processes of the killed postmaster {pid} still run after "
+                    f"{COMMAND_TIMEOUT:.0f} s" + _log_tail(self._logs)
+                )
+            time.sleep(_POLL_INTERVAL)
+        # An init that does not reap orphans (a container's) leaves the postmaster a zombie,
+        # which the next start would take for a running server: its lock files go.
+        for lock_file in lock_files:
+            lock_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        """Whether a process of the process group ``pgid`` runs (zombies do not count)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+                state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, IndexError, ValueError):
+                continue  # the process exited while we looked
+            if pgrp == str(pgid) and state != "Z":
+                return True
+        return False
+
     def destroy(self) -> None:
         """Stop the cluster and remove its directory. Safe to call twice."""
         try:
@@ -678,13 +884,18 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tests.servers rabbit|postgres``: run one server until Ctrl-C or SIGTERM."""
+    """``python -m tests.servers rabbit|rabbit-cluster|postgres``: run until Ctrl-C or SIGTERM."""
+    kinds: dict[str, Callable[[], _Server]] = {
+        "rabbit": RabbitNode,
+        "rabbit-cluster": RabbitCluster,
+        "postgres": PostgresCluster,
+    }
     parser = argparse.ArgumentParser(prog="python -m tests.servers", description=main.__doc__)
-    parser.add_argument("kind", choices=["rabbit", "postgres"])
+    parser.add_argument("kind", choices=list(kinds))
     kind = parser.parse_args(argv).kind
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server = RabbitNode() if kind == "rabbit" else PostgresCluster()
+        server = kinds[kind]()
         with server:
             print(server.url, flush=True)
             print(f"{server!r} is ready; Ctrl-C or SIGTERM stops it", file=sys.stderr, flush=True)

@@ -6,6 +6,7 @@ its stderr as they come, with deadlines instead of sleeps.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -38,6 +39,7 @@ LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
 MANAGERS = """
 import asyncio
 import logging
+import os
 
 from aiosvc import Context, Manager, periodic_task
 
@@ -73,6 +75,17 @@ class BlockingCleanup(Manager):
     async def cleanup_host(self) -> None:
         log.info("cleanup_host blocking")
         await asyncio.sleep(3600)
+
+
+class GatedCleanup(Manager):
+    # Its cleanup_host waits until the file $CLEANUP_GATE exists.
+
+    topic = "gated"
+
+    async def cleanup_host(self) -> None:
+        log.info("cleanup_host waiting")
+        while not os.path.exists(os.environ["CLEANUP_GATE"]):
+            await asyncio.sleep(0.02)
 
 
 class Other(Manager):
@@ -381,6 +394,60 @@ def test_an_argument_given_twice_is_refused(cli: CLI) -> None:
     assert "argument volume_id is given twice" in one_line(err)
 
 
+@pytest.mark.parametrize("command", ["call", "cast"])
+@pytest.mark.parametrize("version", ["1.x", "", "1", "1.\u0661"])
+def test_a_bad_api_version_is_refused_before_connecting(
+    cli: CLI, command: str, version: str
+) -> None:
+    # The broker is unreachable: a connection attempt would be exit status 1.
+    code, err = cli(
+        command, "volume", "m", "--version", version, "--transport-url", "amqp://127.0.0.1:1/"
+    )
+    assert code == 2
+    assert f"argument --version: invalid API version {version!r}" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["call", "volume", "m"],
+        ["cast", "volume", "m"],
+        ["services", "list"],
+        ["services", "delete", "h", "b"],
+        ["db", "version"],
+    ],
+)
+def test_every_command_refuses_an_unknown_set_option(cli: CLI, command: list[str]) -> None:
+    code, err = cli(*command, "--set", "colour=red", "--set", "transport_url=amqp://127.0.0.1:1/")
+    assert code == 2
+    assert "unknown setting(s): --set colour" in one_line(err)
+
+
+def test_an_error_with_a_line_break_is_still_one_line(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(args: Any) -> int:
+        raise aiosvc.ConfigError("first part\nsecond part")
+
+    monkeypatch.setattr(aiosvc.cli, "_cmd_db", fails)
+    code, err = cli("db", "version")
+    assert code == 2
+    assert one_line(err) == "aiosvc: error: ConfigError: first part second part"
+
+
+def test_a_failed_connection_is_one_line_without_library_log_lines(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a fresh process: no logging handler, so Python prints what libraries log.
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    for name in ("aio_pika", "aiormq"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+    # dead-letters connects with plain aio-pika, whose aiormq logs the refused connection.
+    code, err = cli("dead-letters", "list", "--transport-url", "amqp://127.0.0.1:1/")
+    assert code == 1
+    assert one_line(err).startswith("aiosvc: error: TransportError: cannot connect")
+
+
 def test_call_arguments_are_strings_unless_given_as_json() -> None:
     args = _call_args(
         [
@@ -608,16 +675,21 @@ def test_second_sigint_forces_the_stop_of_a_blocking_cleanup_host(
     assert process.wait(timeout=STEP_TIMEOUT) == 1
 
 
-def test_repeated_sigterm_does_not_force_the_stop(spawn: Spawn) -> None:
+def test_repeated_sigterm_does_not_force_the_stop(spawn: Spawn, tmp_path: Path) -> None:
     """Supervisors and process groups deliver one SIGTERM twice within milliseconds."""
-    process = spawn("run", "--manager", "examples.volume:VolumeManager")
-    process.expect("Started aiosvc-volume", START_TIMEOUT)
+    gate = tmp_path / "gate"
+    process = spawn(
+        "run", "--manager", "climanagers:GatedCleanup", extra_env={"CLEANUP_GATE": str(gate)}
+    )
+    process.expect("Started aiosvc-gated", START_TIMEOUT)
     process.signal(signal.SIGTERM)
-    process.signal(signal.SIGTERM)
+    process.expect("cleanup_host waiting", STEP_TIMEOUT)
+    process.signal(signal.SIGTERM)  # while stopping, for sure (the kernel may merge two at once)
+    process.expect("already stopping gracefully", STEP_TIMEOUT)
+    gate.touch()
     assert process.wait(timeout=STEP_TIMEOUT) == 0
-    assert "already stopping gracefully" in process.stderr
     assert "forcing" not in process.stderr
-    assert "Stopped volume node aiosvc-volume" in process.stderr
+    assert "Stopped gated node aiosvc-gated" in process.stderr
 
 
 def test_sigint_after_sigterm_forces_the_stop(spawn: Spawn) -> None:

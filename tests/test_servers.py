@@ -69,6 +69,34 @@ async def test_rabbitmq_stop_app_and_start_app(rabbitmq: RabbitNode | None) -> N
         await channel.queue_delete("aiosvc-test-servers")
 
 
+@pytest.mark.amqp
+async def test_rabbitmq_kill_and_start_keep_the_node(rabbitmq: RabbitNode | None) -> None:
+    """kill -9 drops clients at once; start() boots the same node, with its durable state."""
+    rabbitmq = _own(rabbitmq)
+    async with await aio_pika.connect(rabbitmq.url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue("aiosvc-test-kill", durable=True)
+        message = aio_pika.Message(b"kept", delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await channel.default_exchange.publish(message, routing_key="aiosvc-test-kill")
+
+    directory, port = rabbitmq.directory, rabbitmq.port
+    await asyncio.to_thread(rabbitmq.kill)
+    assert not rabbitmq.running
+    with pytest.raises(aio_pika.exceptions.AMQPConnectionError):
+        await aio_pika.connect(rabbitmq.url)
+
+    await asyncio.to_thread(rabbitmq.start)
+    assert (rabbitmq.directory, rabbitmq.port) == (directory, port)
+    async with await aio_pika.connect(rabbitmq.url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("aiosvc-test-kill")
+        kept = await queue.get(timeout=10)
+        assert kept is not None
+        assert kept.body == b"kept"  # confirmed and persistent: it was on disk
+        await kept.ack()
+        await queue.delete()
+
+
 @pytest.mark.postgres
 async def test_postgres_select_one(database_url: str) -> None:
     connection = await asyncpg.connect(database_url)

@@ -205,16 +205,27 @@ def test_sighup_reaches_every_workers_reset(env: dict[str, str]) -> None:
 
 
 def test_a_repeated_sigterm_to_the_parent_stops_the_workers_gracefully(
-    env: dict[str, str],
+    amqp_url: str, tmp_path: Path
 ) -> None:
     """The parent neither forces nor passes on a SIGTERM that came twice (a supervisor's)."""
-    with aiosvc_proc(["run", "--workers", "2", *API], env) as parent:
+    journal, gate = tmp_path / "journal", tmp_path / "gate"
+    env = clean_env(
+        AIOSVC_TRANSPORT_URL=amqp_url,
+        AIOSVC_CONTROL_EXCHANGE="workers-sigterm",
+        AIOSVC_JOURNAL=str(journal),
+        CLEANUP_GATE=str(gate),
+    )
+    args = ["run", "--workers", "2", "--manager", "tests.apps:GatedCleanup"]
+    with aiosvc_proc(args, env) as parent:
         workers = ready_workers(parent, 2)
         parent.signal(signal.SIGTERM)
+        # Both workers are in their graceful stop: the second SIGTERM comes while stopping.
+        wait_journal(journal, lambda es: sum(e["event"] == "cleanup-start" for e in es) == 2, STEP)
         parent.signal(signal.SIGTERM)
+        parent.wait_for("the workers are already stopping", STEP)
+        gate.touch()
         assert parent.wait(STEP) == 0
     text = "\n".join(parent.lines)
-    assert "the workers are already stopping" in text
     assert "forcing" not in text
     for n, pid in workers.items():
         assert f"Worker {n} (pid {pid}) exited with status 0" in text

@@ -67,6 +67,8 @@ class ChannelKeeper:
         self._kick = asyncio.Event()
         self._closed = False
         self._alone = False  # the last loss was of this channel alone
+        self._renewing: Channel | None = None  # closed by renew(): said already
+        self._closings: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -94,6 +96,7 @@ class ChannelKeeper:
                 # closes every channel; the transport logs that once (BrokerWatch).
                 exc = None if closing.cancelled() else closing.exception()
                 alone = isinstance(exc, aiormq.exceptions.AMQPChannelError)
+                alone = alone and channel is not self._renewing
                 self._alone = alone
                 log.log(
                     logging.WARNING if alone else logging.DEBUG,
@@ -172,6 +175,25 @@ class ChannelKeeper:
                 )
             return
 
+    def renew(self, channel: Channel | None) -> None:
+        """Replace ``channel`` by a new one, if it is still the current one.
+
+        For a channel the broker nacked a publish on: RabbitMQ 3.10 can keep nacking every
+        publish of a channel opened on a surviving node of a cluster before its quorum
+        queue elected a new leader, while a new channel is acked at once.
+        """
+        if channel is None or channel is not self.current or channel.is_closed:
+            return
+        log.warning(
+            "AMQP broker refused a message on the channel for %s: opening another", self.name
+        )
+        self._renewing = channel
+        # In a task of its own: the close must neither delay the caller's error nor be
+        # cancelled with it (nor cancel it, when the connection goes meanwhile).
+        closing = asyncio.get_running_loop().create_task(_close_quietly(channel))
+        self._closings.add(closing)
+        closing.add_done_callback(self._closings.discard)
+
     def usable(self) -> Channel | None:
         """The channel if it is open now, else None (no waiting)."""
         channel = self.current
@@ -207,3 +229,8 @@ class ChannelKeeper:
                 await self._task
         with contextlib.suppress(*AMQP_ERRORS, RuntimeError):
             await self.robust.close()
+
+
+async def _close_quietly(channel: Channel) -> None:
+    with contextlib.suppress(*AMQP_ERRORS, RuntimeError, asyncio.CancelledError):
+        await channel.close()

@@ -42,7 +42,9 @@ class PendingCalls:
 
     def discard(self, correlation_id: str) -> None:
         """Stop waiting for ``correlation_id`` (a late reply is then dropped)."""
-        self._waiting.pop(correlation_id, None)
+        future = self._waiting.pop(correlation_id, None)
+        if future is not None and future.done() and not future.cancelled():
+            future.exception()  # failed by fail_all after its call had given up: seen here
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         correlation_id = message.header.properties.correlation_id

@@ -265,6 +265,7 @@ class AMQPTransport(Transport):
         except TransportError:
             raise
         except aiormq.exceptions.DeliveryError as exc:
+            keeper.renew(channel)
             raise TransportError(f"AMQP broker refused cast {message_id}: {exc}") from None
         except AMQP_ERRORS as exc:
             raise self._failure(f"cast {message_id} not confirmed by", exc) from None
@@ -327,6 +328,7 @@ class AMQPTransport(Transport):
         except TransportError:  # the connection was lost (PendingCalls.fail_all)
             raise
         except aiormq.exceptions.DeliveryError as exc:
+            keeper.renew(channel)
             raise TransportError(f"AMQP broker refused call {message_id}: {exc}") from None
         except AMQP_ERRORS as exc:
             raise self._failure(f"call {message_id} failed on", exc) from None
