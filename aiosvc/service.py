@@ -47,7 +47,7 @@ from .settings import Settings
 from .store import ServiceStore, get_store
 from .store.base import ServiceRecord
 from .tasks import unwrap_group
-from .transport import Transport, get_transport
+from .transport import Transport, get_transport, topology
 
 __all__ = ["Server", "Service"]
 
@@ -95,6 +95,11 @@ class Service:
         transport: Transport | None = None,
         store: ServiceStore | None = None,
     ) -> None:
+        for kind, name in (("topic", topic), ("host", host)):
+            try:
+                topology.check_name(kind, name)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         self.manager = manager
         self.topic = topic
         self.host = host

@@ -13,6 +13,7 @@ import pytest
 import aiosvc
 import aiosvc.servicegroup
 from aiosvc import Context, Manager, Service, periodic_task
+from aiosvc.exceptions import ConfigError
 from aiosvc.settings import Settings
 from aiosvc.store import get_store
 from aiosvc.store.memory import MemoryStore
@@ -535,3 +536,12 @@ async def test_serve_in_your_own_task_group(aiosvc_settings: Settings) -> None:
     assert not service.started
     assert isinstance(service.manager, Recorder)
     assert service.manager.events[-1] == "cleanup_host"
+
+
+@pytest.mark.parametrize(
+    ("topic", "host"), [("#", "h"), ("volume.*", "h"), ("a b", "h"), ("", "h"), ("v", "h.#")]
+)
+def test_a_topic_or_host_that_would_bind_other_queues_is_refused(topic: str, host: str) -> None:
+    """A shared queue bound by ``#`` on the topic exchange would take every message."""
+    with pytest.raises(ConfigError, match="it names queues"):
+        Service(Manager(), topic=topic, host=host, binary="aiosvc-x")

@@ -7,7 +7,8 @@ For a topic on ``control_exchange`` (DESIGN section 3; Nova's rabbit driver does
 * the fanout exchange ``topic_fanout`` copies a message to one queue per running
   consumer, ``topic_fanout_<uuid4 hex>``, which goes away with it;
 * what a consumer rejects goes to the dead-letter exchange ``<control_exchange>.dlx``,
-  and from it to the queue of the same name.
+  and from it to the queue of the same name (bounded; RabbitMQ's declarations, and why a
+  call request that expired in its queue is not kept, are in ``aiosvc.transport.amqp.declare``).
 
 Nova: ``oslo_messaging._drivers.impl_rabbit.Connection.declare_topic_consumer`` and
 ``declare_fanout_consumer``.
@@ -21,6 +22,7 @@ from typing import Literal, NamedTuple
 __all__ = [
     "ExchangeKind",
     "Route",
+    "check_name",
     "dead_letter_exchange",
     "fanout_exchange",
     "fanout_queue",
@@ -30,6 +32,23 @@ __all__ = [
 ]
 
 ExchangeKind = Literal["topic", "fanout"]
+
+_NOT_IN_NAMES = frozenset("*#") | frozenset(" \t\r\n\v\f")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it can be a topic or host: the queue names are bound by them.
+
+    Raises:
+        ValueError: it is empty, or holds whitespace or a routing pattern (``*``, ``#``):
+            a shared queue bound by ``#`` would take every message of the exchange.
+    """
+    if not name or _NOT_IN_NAMES & set(name) or not name.isprintable():
+        raise ValueError(
+            f"bad {kind} {name!r}: it names queues, so it must be non-empty, printable, "
+            "without whitespace, '*' or '#'"
+        )
+    return name
 
 
 def shared_queue(topic: str) -> str:
