@@ -3,6 +3,10 @@
     nox -s tests-3.12 tests-3.13             # as .ci/run does; `nox` alone runs all three
     nox -s tests-3.13 -- -m "not amqp and not postgres"   # after --: pytest's arguments
 
+Without arguments a session leaves out the tests marked ``faults`` and ``load``: they break
+or load the servers for minutes and test the broker and the processes, not the Python
+version; the README's test command runs them once, on the machine's Python.
+
 Each session is a fresh virtualenv under .nox/ with ``.[test]`` installed, and its pytest
 starts its own throwaway RabbitMQ and PostgreSQL, as the README's test command does (or
 uses ``AIOSVC_TEST_AMQP_URL`` / ``AIOSVC_TEST_DATABASE_URL`` when they are set). nox looks
@@ -24,4 +28,5 @@ nox.options.sessions = ["tests"]
 def tests(session: nox.Session) -> None:
     """Install the package with its test extra and run pytest (arguments after ``--``)."""
     session.install("--quiet", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+    args = session.posargs or ["-m", "not faults and not load"]
+    session.run("python", "-m", "pytest", *args)
