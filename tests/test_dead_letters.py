@@ -24,6 +24,7 @@ import aiosvc
 from aiosvc.testing import isolated_settings
 from aiosvc.transport.amqp import deadletters
 from aiosvc.transport.base import IncomingMessage
+from tests.broker import queue_length
 from tests.procs import aiosvc_proc, clean_env, run_cli, wait_journal
 
 pytestmark = pytest.mark.amqp
@@ -33,13 +34,6 @@ DLQ = "aiosvc.dlx"  # the default control_exchange's
 
 def _uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def queue_length(url: str, name: str) -> int:
-    connection = await aio_pika.connect(url)
-    async with connection, connection.channel() as channel:
-        queue = await channel.declare_queue(name, passive=True)
-        return queue.declaration_result.message_count or 0
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

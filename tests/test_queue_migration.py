@@ -20,6 +20,7 @@ import pytest
 import aiosvc
 from aiosvc.testing import isolated_settings
 from aiosvc.transport.amqp.migrate import MIGRATING_SUFFIX, migrate_queues
+from tests.broker import queue_length
 from tests.procs import aiosvc_proc, clean_env, run_cli, wait_journal
 from tests.servers import RabbitNode
 
@@ -30,13 +31,6 @@ FALLBACK = "exists with other arguments than the settings ask"
 
 def _uid() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def message_count(url: str, queue: str) -> int:
-    connection = await aio_pika.connect(url)
-    async with connection, connection.channel() as channel:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
 
 
 def queue_table(node: RabbitNode, url: str) -> dict[str, tuple[str, str]]:
@@ -123,7 +117,7 @@ def test_restart_after_changing_quorum_and_exchange_then_migrate(
     table = queue_table(rabbitmq, fresh_amqp_url)
     assert table[topic][0] == table[f"{topic}.{host}"][0] == "quorum"
     assert "renamed.dlx" in table[topic][1]
-    assert asyncio.run(message_count(fresh_amqp_url, topic)) == 20
+    assert asyncio.run(queue_length(fresh_amqp_url, topic)) == 20
     assert not any(name.endswith(MIGRATING_SUFFIX) for name in table)
 
     # The next restart uses the new queues as they are: no warning, nothing lost.
