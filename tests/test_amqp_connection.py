@@ -111,11 +111,11 @@ def test_library_lines_are_relayed_at_debug_with_passwords_masked(
     relay_library_logs([SECRET])
     library = logging.getLogger("aiormq.connection")
     caplog.set_level(logging.DEBUG, "aiosvc")
-    library.error("Unexpected connection close from amqp://guest:%s@h/", SECRET)
+    library.error("Unexpected connection close from amqp://operator:%s@h/", SECRET)
     [record] = [r for r in caplog.records if r.name.startswith("aiosvc")]
     assert (record.name, record.levelno) == ("aiosvc.transport.amqp.library", logging.DEBUG)
     assert record.getMessage() == (
-        "aiormq.connection: Unexpected connection close from amqp://guest:***@h/"
+        "aiormq.connection: Unexpected connection close from amqp://operator:***@h/"
     )
 
 

@@ -302,7 +302,7 @@ async def test_timeout(start: Start, client: RPCClient, settings: Settings) -> N
 async def amqp_dead_letters(settings: Settings) -> AsyncIterator[set[str]]:
     """The IDs of the messages the AMQP broker of ``settings`` dead-letters meanwhile.
 
-    A private queue bound to ``<control_exchange>.dlx`` (a fanout exchange) gets a copy of
+    A private queue bound to ``<control_exchange>.dlx`` (a headers exchange) gets a copy of
     each, on the session's node and on an external broker (AIOSVC_TEST_AMQP_URL) alike,
     and only of what happens while it is bound.
     """
@@ -313,14 +313,17 @@ async def amqp_dead_letters(settings: Settings) -> AsyncIterator[set[str]]:
     async def note(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         seen.add(message.message_id or "")
 
+    from aiosvc.transport.amqp.declare import dead_letter_bindings
+
     async with await aio_pika.connect(settings.transport_url) as connection:
         channel = await connection.channel()
-        # Declared as the transport declares it (it may not have been yet).
+        # Declared and bound as the transport does it (it may not have been yet).
         dlx = await channel.declare_exchange(
-            f"{settings.control_exchange}.dlx", aio_pika.ExchangeType.FANOUT, durable=True
+            f"{settings.control_exchange}.dlx", aio_pika.ExchangeType.HEADERS, durable=True
         )
         queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(dlx)
+        for arguments in dead_letter_bindings():
+            await queue.bind(dlx, arguments=arguments)
         await queue.consume(note, no_ack=True)
         yield seen
 

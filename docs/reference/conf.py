@@ -72,7 +72,7 @@ nitpick_ignore_regex = [
         r"py:.*",
         r"(_asyncio|abc|asyncio|collections|contextlib|contextvars|datetime|enum|logging|"
         r"pathlib|socket|types|typing|typing_extensions|uuid|anyio|aio_pika|aiormq|asyncpg|"
-        r"pydantic|pydantic_settings|_pytest|pytest)(\..*)?",
+        r"pydantic|pydantic_settings|_pytest|pytest|yarl)(\..*)?",
     ),
     # Private names (a sentinel's class, a queue's internals) in signatures: not documented.
     (r"py:class", r"aiosvc\..*\._\w+"),

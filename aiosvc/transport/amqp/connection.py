@@ -200,7 +200,8 @@ def relay_library_logs(secrets: Iterable[str | None]) -> None:
     """Pass aio-pika's and aiormq's records on at DEBUG level, ``secrets`` masked.
 
     Process-wide, as logging is: their loggers stop propagating to the root logger and
-    go through :data:`_LIBRARY_LOGGER` instead. Idempotent; each call adds its secrets.
+    go through the logger ``aiosvc.transport.amqp.library`` instead. Idempotent; each
+    call adds its secrets.
     """
     _relay.secrets.update(s for s in secrets if s)
     for name in _LIBRARIES:

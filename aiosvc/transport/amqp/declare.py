@@ -125,7 +125,7 @@ class Declarer:
         Everything is declared every time (on each reopened channel too): after a
         reconnect the broker may have lost what is not durable, or be a new one. What
         RabbitMQ may refuse is declared on a channel of its own (a refusal closes it), and
-        used as it is when refused (:meth:`_tolerant`).
+        used as it is when refused (``_tolerant``).
         """
         dlq = self.dead_letter_queue()
         async with _Probe(channel) as probe:
