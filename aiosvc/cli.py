@@ -35,7 +35,7 @@ from .settings import Settings, redact_url
 from .store import ServiceStore, get_store, store_class
 from .tasks import unwrap_group
 from .transport import Transport, connect, get_transport, transport_class
-from .transport.topology import dead_letter_exchange
+from .transport.topology import check_name, dead_letter_exchange
 from .workers import ParentLink, ProcessLauncher, stop_timeout
 
 if TYPE_CHECKING:  # aiosvc.api needs uvicorn: imported only when --api is given
@@ -82,6 +82,18 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return seconds
+
+
+def _queue_name(kind: str) -> Callable[[str], str]:
+    """The type of ``--topic`` / ``--host``: a name queues can be bound by."""
+
+    def parse(text: str) -> str:
+        try:
+            return check_name(kind, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def _api_version(text: str) -> str:
@@ -189,8 +201,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run N worker processes, restarted when they die; with --api they share one port",
     )
-    run.add_argument("--topic", help="the RPC topic (default: the manager's topic)")
-    run.add_argument("--host", help="this host's name (default: the machine's name)")
+    run.add_argument(
+        "--topic", type=_queue_name("topic"), help="the RPC topic (default: the manager's topic)"
+    )
+    run.add_argument(
+        "--host", type=_queue_name("host"), help="this host's name (default: the machine's name)"
+    )
     run.add_argument(
         "--binary", help="the manager's service's binary name (default: aiosvc-<topic>)"
     )

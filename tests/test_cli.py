@@ -317,6 +317,18 @@ def test_bad_timeout_is_one_line_from_a_real_process(env: dict[str, str]) -> Non
     assert "argument --timeout: must be a positive number of seconds, got '0'" in line
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--topic", ""), ("--topic", "volume.#"), ("--host", "a b")]
+)
+def test_run_refuses_a_topic_or_host_that_cannot_name_queues(
+    cli: CLI, flag: str, value: str
+) -> None:
+    code, err = cli("run", "--manager", "examples.volume:VolumeManager", flag, value)
+    assert code == 2
+    assert f"argument {flag}: bad {flag[2:]} {value!r}: it names queues" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_bad_transport_url_flag_is_named_as_the_flag(env: dict[str, str]) -> None:
     result = run(env, "call", "volume", "list_volumes", "--transport-url", "notaurl")
     assert result.returncode == 2
