@@ -116,9 +116,11 @@ def run_cli(
 
 
 def journal(path: Path) -> list[dict[str, Any]]:
+    """The events journaled so far: complete lines only (a service may be writing one)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete, _, _ = path.read_text().rpartition("\n")
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 def wait_journal(
