@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFETCH = 64  # aiosvc's default rpc_max_concurrency, which is also its AMQP prefetch
 START_TIMEOUT = 120.0  # seconds for all the servers of a phase to be ready (2 busy cores)
 STOP_TIMEOUT = 15.0  # seconds a server gets to exit after SIGTERM before it is killed
 STRAGGLERS_TIMEOUT = 90.0  # seconds the operations still in flight get after the load
@@ -86,41 +85,16 @@ def _journal_line(path: str, host: str, item: Any) -> None:
 
 async def serve_raw(url: str, topic: str, host: str, journal: str) -> None:
     """One plain aio-pika consumer of ``topic``: aiosvc's delivery settings, no framework."""
-    import aio_pika
+    from benchmarks.rpc import serve_raw as serve
 
-    from benchmarks.rpc import RAW_EXCHANGE
-
-    connection = await aio_pika.connect_robust(url)
-    channel = await connection.channel(publisher_confirms=False)
-    await channel.set_qos(prefetch_count=PREFETCH)
-    exchange = await channel.declare_exchange(
-        RAW_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    queue = await channel.declare_queue(topic, durable=True)
-    await queue.bind(exchange, topic)
-    replies = await connection.channel(publisher_confirms=False)
-
-    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        request = json.loads(message.body)
-        method, args = request["method"], request["args"]
-        result: Any = None
+    def handle(method: str, args: dict[str, Any]) -> Any:
         if method == "echo":
-            result = args["value"]
-        elif method == "record":
+            return args["value"]
+        if method == "record":
             _journal_line(journal, host, args["item"])
-        if message.reply_to:
-            await replies.default_exchange.publish(
-                aio_pika.Message(
-                    json.dumps({"result": result}).encode(), correlation_id=message.correlation_id
-                ),
-                routing_key=message.reply_to,
-                mandatory=False,  # as aiosvc: RabbitMQ 3.10 returns direct replies spuriously
-            )
-        await message.ack()
+        return None
 
-    await queue.consume(on_message)
-    print("ready", flush=True)
-    await asyncio.Event().wait()
+    await serve(url, topic, handle)
 
 
 # -- the server processes of a phase -------------------------------------------------------------

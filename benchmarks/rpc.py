@@ -51,9 +51,31 @@ AIOSVC_EXCHANGE = "bench-aiosvc"
 # -- servers (run in a child process) ----------------------------------------------------
 
 
-async def serve_raw(url: str, topic: str) -> None:
+def counting() -> Callable[[str, dict[str, Any]], Any]:
+    """The raw server's methods: ``echo``, ``record`` (counted) and ``count``."""
+    count = 0
+
+    def handle(method: str, args: dict[str, Any]) -> Any:
+        nonlocal count
+        if method == "echo":
+            return args["value"]
+        if method == "record":
+            count += 1
+        elif method == "count":
+            return count
+        return None
+
+    return handle
+
+
+async def serve_raw(
+    url: str, topic: str, handle: Callable[[str, dict[str, Any]], Any] | None = None
+) -> None:
+    """A plain aio-pika server of ``topic`` with aiosvc's delivery settings; ``handle(method,
+    args)`` gives each request's result (default: :func:`counting`)."""
     import aio_pika
 
+    handler = handle or counting()
     connection = await aio_pika.connect_robust(url)
     channel = await connection.channel(publisher_confirms=False)
     await channel.set_qos(prefetch_count=PREFETCH)
@@ -63,19 +85,10 @@ async def serve_raw(url: str, topic: str) -> None:
     queue = await channel.declare_queue(topic, durable=True)
     await queue.bind(exchange, topic)
     replies = await connection.channel(publisher_confirms=False)
-    count = 0
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        nonlocal count
         request = json.loads(message.body)
-        method, args = request["method"], request["args"]
-        result: Any = None
-        if method == "echo":
-            result = args["value"]
-        elif method == "record":
-            count += 1
-        elif method == "count":
-            result = count
+        result = handler(request["method"], request["args"])
         if message.reply_to:
             await replies.default_exchange.publish(
                 aio_pika.Message(
