@@ -24,6 +24,7 @@ TRANSPORTS: dict[str, str] = {
     "memory": "aiosvc.transport.memory:MemoryTransport",
     "amqp": "aiosvc.transport.amqp:AMQPTransport",
     "amqps": "aiosvc.transport.amqp:AMQPTransport",
+    "rabbit": "aiosvc.transport.amqp:AMQPTransport",  # oslo.messaging's name for amqp://
 }
 """URL scheme of ``transport_url`` -> the import path of its Transport class."""
 

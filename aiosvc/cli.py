@@ -669,7 +669,7 @@ def _cmd_db(args: argparse.Namespace) -> int:
 def _broker_settings(args: argparse.Namespace) -> Settings:
     """The settings, for commands that work on RabbitMQ's queues themselves."""
     settings = _load_settings(args)
-    if urlsplit(settings.transport_url).scheme not in ("amqp", "amqps"):
+    if urlsplit(settings.transport_url).scheme not in ("amqp", "amqps", "rabbit"):
         raise UsageError(
             f"{args.command} {args.action} works on RabbitMQ's queues, and "
             f"{redact_url(settings.transport_url)} is not RabbitMQ: "

@@ -52,6 +52,9 @@ _explicit_only: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 S = TypeVar("S", bound="Settings")
 
+# oslo.messaging's defaults, taken with rpc_wire="oslo" for the settings not given.
+_OSLO_DEFAULTS: dict[str, Any] = {"control_exchange": "openstack", "amqp_durable_queues": False}
+
 # RabbitMQ takes a message TTL of at most 2**32 - 1 ms (about 49 days).
 _MAX_TTL_SECONDS = (2**32 - 1) // 1000
 
@@ -134,6 +137,11 @@ class Settings(BaseSettings):
         le=_MAX_TTL_SECONDS,
         description="Seconds a dead letter is kept in <control_exchange>.dlx (default 7 days)",
     )
+    rpc_wire: Literal["aiosvc", "oslo"] = Field(
+        "aiosvc",
+        description="RPC message format: aiosvc's own, or oslo.messaging's (to join an "
+        "OpenStack deployment; AMQP only); see docs/interop.md",
+    )
     allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules or classes whose remote exceptions are re-raised as themselves "
@@ -206,6 +214,22 @@ class Settings(BaseSettings):
                 raised,
             )
             object.__setattr__(self, "service_down_time", raised)
+        return self
+
+    @model_validator(mode="after")
+    def _oslo_wire(self) -> Self:
+        if self.rpc_wire != "oslo":
+            return self
+        if urlsplit(self.transport_url).scheme == "memory":
+            raise ValueError(
+                "rpc_wire='oslo' needs an AMQP transport_url (amqp://, amqps:// or rabbit://): "
+                "oslo.messaging's wire is its RabbitMQ driver's; memory:// speaks aiosvc's"
+            )
+        # Declarations must match oslo.messaging's, or RabbitMQ refuses one side's: where
+        # a setting was not given, its default is oslo's.
+        for name, oslo_default in _OSLO_DEFAULTS.items():
+            if name not in self.model_fields_set:
+                object.__setattr__(self, name, oslo_default)
         return self
 
     @classmethod

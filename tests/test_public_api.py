@@ -78,6 +78,7 @@ LAYERS: dict[str, list[str]] = {
         "aiosvc.manager",
         "aiosvc.periodic",
         "aiosvc.rpc.dispatcher",
+        "aiosvc.rpc.oslo",
         "aiosvc.rpc.protocol",
         "aiosvc.scheduler",
     ],

@@ -44,6 +44,7 @@ __all__ = [
     "encode_request",
     "encode_result",
     "parse_version",
+    "rebuild_allowed",
     "rebuild_exception",
     "version_is_compatible",
 ]
@@ -80,13 +81,21 @@ def dumps(value: Any) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A decoded request."""
+    """A decoded request.
+
+    The last four fields come from the oslo.messaging wire (:mod:`aiosvc.rpc.oslo`), which
+    carries the reply's address in the body; on aiosvc's wire the transport knows it.
+    """
 
     method: str
     args: dict[str, Any]
     context: Context
     version: str
     namespace: str | None
+    reply_to: str | None = None  # oslo: the caller's reply queue (a call), else None
+    msg_id: str | None = None  # oslo: the call's id, echoed in its replies
+    call_monitor_timeout: float | None = None  # oslo: heartbeat every half of it
+    unique_id: str | None = None  # oslo: the sender's id of this message (duplicates)
 
 
 def encode_request(
@@ -127,6 +136,12 @@ def decode_request(body: bytes) -> Request:
     data = _loads(body)
     if not isinstance(data, dict):
         raise MalformedMessage(f"request must be a JSON object, got {type(data).__name__}")
+    if "oslo.version" in data and "aiosvc" not in data:
+        raise MalformedMessage(
+            f"an oslo.messaging request (envelope 'oslo.version': {brief(data['oslo.version'])})"
+            " on the aiosvc wire: its sender uses oslo.messaging's wire, this side "
+            "rpc_wire='aiosvc' (set rpc_wire='oslo' to serve oslo.messaging clients)"
+        )
     envelope = data.get("aiosvc")
     if type(envelope) is not int or envelope != PROTOCOL_VERSION:  # not True, not 1.0
         raise MalformedMessage(f"unsupported envelope version {brief(envelope)}")
@@ -217,16 +232,21 @@ def rebuild_exception(failure: dict[str, Any], allowed: Iterable[str] = ()) -> B
     ):
         exc: BaseException = own(message)
     elif module and (module in allowed or type_name in allowed):
-        exc = _rebuild_allowed(module, qualname, failure.get("args"), message) or RemoteError(
-            type_name, message, remote_tb
-        )
+        args = failure.get("args")
+        exc = rebuild_allowed(
+            module, qualname, args if isinstance(args, list) else None, {}, message
+        ) or RemoteError(type_name, message, remote_tb)
     else:
         return RemoteError(type_name, message, remote_tb)
     exc.remote_traceback = remote_tb  # type: ignore[attr-defined]
     return exc
 
 
-def _rebuild_allowed(module: str, qualname: str, args: Any, message: str) -> BaseException | None:
+def rebuild_allowed(
+    module: str, qualname: str, args: list[Any] | None, kwargs: dict[str, Any], message: str
+) -> BaseException | None:
+    """``module.qualname(*args, **kwargs)`` (or built from ``message`` alone), or None when
+    that is not an importable exception class or will not build."""
     try:
         cls: Any = importlib.import_module(module)
         for part in qualname.split("."):
@@ -236,7 +256,7 @@ def _rebuild_allowed(module: str, qualname: str, args: Any, message: str) -> Bas
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         return None
     try:
-        return cls(*args) if isinstance(args, list) else cls(message)
+        return cls(*args, **kwargs) if args is not None else cls(message, **kwargs)
     except Exception:
         try:
             return cls(message)

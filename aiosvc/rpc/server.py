@@ -7,6 +7,12 @@ only after its handler finished and the reply (for a call) was sent: at least on
 A handler's exception goes back to the caller and the message is acknowledged, never
 requeued in a loop. A malformed message is logged and dead-lettered.
 
+On oslo.messaging's wire (``rpc_wire = "oslo"``, :mod:`aiosvc.rpc.oslo`) the server does
+what an oslo server does: it acknowledges a request before dispatching it (at most once),
+drops a repeated ``_unique_id`` among the last 16, sends the reply to the queue the request
+names, and sends call-monitor heartbeats every half of the caller's ``_timeout`` while the
+method runs.
+
 Graceful stop: stop consuming, let handlers in flight finish within the timeout, cancel
 the rest and close the consumer, so the broker redelivers what did not finish.
 
@@ -16,6 +22,7 @@ Nova: ``oslo_messaging.rpc.server`` (stop, then wait) and nova's graceful shutdo
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 
@@ -27,14 +34,16 @@ from ..exceptions import InvalidArguments, MalformedMessage, NoSuchMethod, Unsup
 from ..log import current_service
 from ..settings import Settings
 from ..transport.base import Consumer, IncomingMessage, Transport
+from . import oslo
 from .dispatcher import Dispatcher
-from .protocol import brief, decode_request, encode_failure, encode_result
+from .protocol import Request, brief, decode_request, encode_failure, encode_result
 
 __all__ = ["RPCServer"]
 
 log = logging.getLogger(__name__)
 
 _REFUSALS = (InvalidArguments, NoSuchMethod, UnsupportedVersion)
+_DUPLICATES_KEPT = 16  # oslo's _MsgIdCache.DUP_MSG_CHECK_SIZE
 
 
 class RPCServer:
@@ -66,6 +75,9 @@ class RPCServer:
         # asyncio's semaphore, not anyio's limiter: it does not yield when a slot is free,
         # which saves a trip through the event loop per message.
         self._limiter = asyncio.Semaphore(settings.rpc_max_concurrency)
+        self._oslo = settings.rpc_wire == "oslo"
+        self._decode = oslo.decode_request if self._oslo else decode_request
+        self._recent: collections.deque[str] = collections.deque(maxlen=_DUPLICATES_KEPT)
 
     @property
     def in_flight(self) -> int:
@@ -121,7 +133,7 @@ class RPCServer:
         current_service.set(self._label)
         try:
             try:
-                request = decode_request(message.body)
+                request = self._decode(message.body)
             except MalformedMessage as exc:
                 # One line each, however many come: the id is quoted (a sender's id may
                 # hold a line break) and the reason names values briefly.
@@ -133,25 +145,32 @@ class RPCServer:
                 )
                 await message.reject()
                 return
+            if self._oslo and not await self._take(message, request):
+                return
+            # oslo's requests carry their ids in the body, not as AMQP properties.
+            message_id = request.msg_id or request.unique_id or message.message_id
             with use_context(request.context):
+                heartbeats = self._heartbeats(message, request)
                 try:
                     async with self._limiter:
                         result = await self.dispatcher.dispatch(request)
-                    reply = encode_result(result)
+                    reply = self._result(request, result)
                 except _REFUSALS as exc:
                     log.warning(
-                        "Refused %s (message %s): %s",
-                        brief(request.method),
-                        brief(message.message_id),
-                        exc,
+                        "Refused %s (message %s): %s", brief(request.method), brief(message_id), exc
                     )
-                    reply = encode_failure(exc)
+                    reply = self._failure(request, exc)
                 except Exception as exc:
-                    log.exception("Error in %s (message %s)", request.method, message.message_id)
-                    reply = encode_failure(exc)
-                if message.reply_expected:
+                    log.exception("Error in %s (message %s)", request.method, message_id)
+                    reply = self._failure(request, exc)
+                finally:
+                    if heartbeats is not None:
+                        heartbeats.cancel()
+                if request.reply_to is not None:
+                    await message.reply(reply, to=request.reply_to)
+                elif message.reply_expected:
                     await message.reply(reply)
-                await message.ack()
+                await message.ack()  # on oslo's wire it was, and this does nothing
                 self.handled += 1
         except anyio.get_cancelled_exc_class():
             raise
@@ -159,6 +178,49 @@ class RPCServer:
             # A transport failure while replying or acknowledging: the message stays
             # unacknowledged and the broker redelivers it.
             log.exception("Could not finish message %s", message.message_id)
+
+    def _result(self, request: Request, result: object) -> bytes:
+        if request.msg_id is not None:
+            return oslo.encode_result(request.msg_id, result)
+        return encode_result(result)
+
+    def _failure(self, request: Request, exc: BaseException) -> bytes:
+        if request.msg_id is not None:
+            return oslo.encode_failure(request.msg_id, exc, request.method)
+        return encode_failure(exc)
+
+    async def _take(self, message: IncomingMessage, request: Request) -> bool:
+        """oslo's listener: drop a duplicate, then acknowledge before dispatching."""
+        unique_id = request.unique_id
+        if unique_id is not None:
+            if unique_id in self._recent:
+                log.warning(
+                    "Ignoring duplicate message %s (%s) on topic %s",
+                    brief(unique_id),
+                    brief(request.method),
+                    self.topic,
+                )
+                await message.ack()
+                return False
+            self._recent.append(unique_id)
+        await message.ack()
+        return True
+
+    def _heartbeats(self, message: IncomingMessage, request: Request) -> asyncio.Task[None] | None:
+        """A task sending call-monitor heartbeats while the method runs, when asked for."""
+        if request.reply_to is None or request.msg_id is None or not request.call_monitor_timeout:
+            return None
+        interval = int(request.call_monitor_timeout) / 2  # oslo's RPCDispatcher._watchdog
+        if interval < 1:
+            log.warning(
+                "Call %s gave an invalid call-monitor timeout %r; sending no heartbeats",
+                brief(request.msg_id),
+                request.call_monitor_timeout,
+            )
+            return None
+        return asyncio.get_running_loop().create_task(
+            _beat(message, request.reply_to, request.msg_id, interval)
+        )
 
     async def pause_shared(self) -> None:
         """Stop taking work from the shared queue (the service was disabled)."""
@@ -208,3 +270,9 @@ class RPCServer:
             cancelled,
         )
         return cancelled
+
+
+async def _beat(message: IncomingMessage, reply_to: str, msg_id: str, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await message.reply(oslo.encode_heartbeat(msg_id), to=reply_to)

@@ -51,8 +51,12 @@ class IncomingMessage(Protocol):
         """Whether the caller waits for :meth:`reply` (a call; not a cast)."""
         ...
 
-    async def reply(self, body: bytes) -> None:
-        """Send ``body`` back to the caller (a no-op for a cast). Never raises for a gone caller."""
+    async def reply(self, body: bytes, to: str | None = None) -> None:
+        """Send ``body`` back to the caller (a no-op for a cast). Never raises for a gone caller.
+
+        ``to`` names the caller's reply queue when the request carries it in its body
+        (oslo.messaging's wire); otherwise the transport knows where the caller waits.
+        """
         ...
 
     async def ack(self) -> None:
@@ -110,6 +114,10 @@ class Transport(abc.ABC):
     in_process: ClassVar[bool] = False
     """True when the broker lives in this process, so no other process can reach it."""
 
+    reply_queue: str | None = None
+    """The queue replies to this transport's calls must go to, for a wire that names it in
+    the request (oslo.messaging's); None when the transport routes replies itself."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
@@ -163,11 +171,13 @@ class Transport(abc.ABC):
         message_id: str,
         timeout: float,
         server: str | None = None,
+        call_monitor_timeout: float | None = None,
     ) -> bytes:
         """Publish ``body`` as a request and return the reply's body.
 
         The request expires in the broker after ``timeout`` seconds. Many calls may be
-        in flight at once on one transport.
+        in flight at once on one transport. ``call_monitor_timeout``: on a wire with
+        heartbeats (oslo.messaging's), fail when none came for that long.
 
         Raises:
             MessagingTimeout: no reply within ``timeout`` (also while the broker is down).

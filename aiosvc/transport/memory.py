@@ -295,8 +295,11 @@ class MemoryIncomingMessage:
         """True for a call."""
         return self._message.reply_to is not None
 
-    async def reply(self, body: bytes) -> None:
-        """Send ``body`` to the caller; dropped if the caller gave up or this is a cast."""
+    async def reply(self, body: bytes, to: str | None = None) -> None:
+        """Send ``body`` to the caller; dropped if the caller gave up or this is a cast.
+
+        ``to`` is for wires that name a reply queue, which this transport does not carry.
+        """
         reply_to = self._message.reply_to
         if reply_to is not None:
             reply_to(self._message.message_id, bytes(body))
@@ -461,8 +464,11 @@ class MemoryTransport(Transport):
         message_id: str,
         timeout: float,
         server: str | None = None,
+        call_monitor_timeout: float | None = None,
     ) -> bytes:
         """Publish a request that expires after ``timeout`` and wait for its reply.
+
+        ``call_monitor_timeout`` is for wires with heartbeats, which this one has not.
 
         Raises:
             MessagingTimeout: no reply within ``timeout``.

@@ -54,6 +54,9 @@ def broker_urls(url: str) -> list[URL]:
         TransportError: a host of the list is empty or not ``host[:port]``.
     """
     scheme, sep, rest = url.partition("://")
+    if scheme == "rabbit":  # oslo.messaging's name for the same thing
+        scheme = "amqp"
+        url = f"{scheme}{sep}{rest}"
     end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
     netloc, tail = rest[:end], rest[end:]
     if not sep or "," not in netloc:

@@ -21,7 +21,7 @@ from .. import topology
 from ..base import Consumer, MessageCallback
 from .channel import AMQP_ERRORS, Channel, ChannelKeeper
 from .declare import Declarer
-from .message import AMQPIncomingMessage, SendReply
+from .message import AMQPIncomingMessage, DeadLetter, SendReply
 
 __all__ = ["AMQPConsumer"]
 
@@ -50,6 +50,8 @@ class AMQPConsumer(Consumer):
             :class:`~aiosvc.transport.amqp.channel.ChannelKeeper` after reconnects).
         declarer: declares the queues (on every reopened channel too).
         send_reply: how a delivered call's reply goes back.
+        dead_letter: how a rejected message reaches the dead-letter exchange when its queue
+            has none (oslo.messaging's declarations); None: the queue dead-letters it.
         on_closed: called once :meth:`close` is done (the transport forgets it).
 
     Nova: the consumers ``impl_rabbit.Connection.declare_topic_consumer`` and
@@ -62,6 +64,7 @@ class AMQPConsumer(Consumer):
         declarer: Declarer,
         send_reply: SendReply,
         *,
+        dead_letter: DeadLetter | None = None,
         topic: str,
         host: str,
         callback: MessageCallback,
@@ -70,6 +73,7 @@ class AMQPConsumer(Consumer):
     ) -> None:
         self._declarer = declarer
         self._send_reply = send_reply
+        self._dead_letter = dead_letter
         self._topic = topic
         self._host = host
         self._callback = callback
@@ -125,7 +129,7 @@ class AMQPConsumer(Consumer):
                 with contextlib.suppress(*AMQP_ERRORS):
                     await message.channel.basic_reject(tag, requeue=True)
             return
-        incoming = AMQPIncomingMessage(message, self._send_reply)
+        incoming = AMQPIncomingMessage(message, self._send_reply, sub.queue, self._dead_letter)
         try:
             self._callback(incoming)
         except Exception:

@@ -13,6 +13,13 @@ per reason RabbitMQ records in ``x-first-death-reason`` that is worth keeping (`
 gave up, and will read no answer) matches no binding and is dropped. The queue is bounded
 by ``dead_letter_max_length`` (the oldest go first) and ``dead_letter_ttl``.
 
+With ``rpc_wire = "oslo"`` the names are the same but the declarations are
+oslo.messaging's, so that its services and aiosvc's can declare them in any order: the
+control exchange and topic queues are durable per ``amqp_durable_queues`` (or quorum), the
+topic queues carry no dead-letter exchange, and the fanout exchange is non-durable and
+auto-delete (so it is declared again before each fanout cast). A message such a service
+cannot handle is dead-lettered by the transport itself (see ``AMQPTransport``).
+
 A queue or exchange keeps the arguments it was first declared with, and RabbitMQ refuses
 (``PRECONDITION_FAILED``, which closes the channel) a declaration with others: after a
 change of ``amqp_quorum_queues``, ``control_exchange`` or the dead-letter bounds, or an
@@ -53,6 +60,13 @@ class QueueSpec(NamedTuple):
     arguments: dict[str, Any]
 
 
+class _ExchangeSpec(NamedTuple):
+    name: str
+    kind: str
+    durable: bool
+    auto_delete: bool
+
+
 def dead_letter_bindings() -> list[dict[str, Any]]:
     """The binding arguments of the dead-letter queue on its headers exchange, one per reason.
 
@@ -74,6 +88,7 @@ class Declarer:
         self.dead_letter = topology.dead_letter_exchange(self.exchange)
         self._quorum = settings.amqp_quorum_queues
         self._durable = settings.amqp_durable_queues or self._quorum
+        self.oslo = settings.rpc_wire == "oslo"
         self._dead_letter_max_length = settings.dead_letter_max_length
         self._dead_letter_ttl_ms = max(1, round(settings.dead_letter_ttl * 1000))
         self._declared: set[str] = set()
@@ -83,7 +98,9 @@ class Declarer:
 
     def topic_queues(self, topic: str, hosts: tuple[str, ...] = ()) -> list[QueueSpec]:
         """The shared queue of ``topic`` and the queues of ``hosts``, as declared now."""
-        arguments: dict[str, Any] = {"x-dead-letter-exchange": self.dead_letter}
+        arguments: dict[str, Any] = (
+            {} if self.oslo else {"x-dead-letter-exchange": self.dead_letter}
+        )
         if self._quorum:
             arguments["x-queue-type"] = "quorum"
         names = [topology.shared_queue(topic), *(topology.server_queue(topic, h) for h in hosts)]
@@ -103,13 +120,24 @@ class Declarer:
     # -- publishers ---------------------------------------------------------
 
     async def exchange_for(self, channel: Channel, route: topology.Route) -> None:
-        """Declare the exchange of ``route`` unless this declarer did already."""
+        """Declare the exchange of ``route`` unless this declarer did already (oslo's
+        auto-delete fanout exchanges: every time, as they go with their last queue)."""
         if route.exchange not in self._declared:
             await self._exchange(channel, route.exchange, route.kind)
 
     async def _exchange(self, channel: Channel, name: str, kind: topology.ExchangeKind) -> None:
-        await channel.exchange_declare(name, exchange_type=kind, durable=True)
-        self._declared.add(name)
+        spec = _ExchangeSpec(name, kind, *self._exchange_options(kind))
+        await _declare_exchange(spec, channel, False)
+        if not spec.auto_delete:  # an auto-delete exchange goes with its last queue
+            self._declared.add(name)
+
+    def _exchange_options(self, kind: topology.ExchangeKind) -> tuple[bool, bool]:
+        """``(durable, auto_delete)`` of the control or a fanout exchange, as declared now."""
+        if not self.oslo:
+            return True, False
+        if kind == "fanout":  # oslo's: transient, gone with its last queue
+            return False, True
+        return self._durable, False
 
     def forget(self, _: object = None) -> None:
         """Declare exchanges again on next use (the channel was lost)."""
@@ -135,7 +163,10 @@ class Declarer:
                 f"exchange {self.dead_letter!r}",
                 wanted,
                 topic,
-                partial(_declare_exchange, self.dead_letter, DEAD_LETTER_EXCHANGE_KIND),
+                partial(
+                    _declare_exchange,
+                    _ExchangeSpec(self.dead_letter, DEAD_LETTER_EXCHANGE_KIND, True, False),
+                ),
             )
             for spec in (dlq, *self.topic_queues(topic, (host,))):
                 await self._tolerant(
@@ -145,13 +176,25 @@ class Declarer:
                     topic,
                     partial(_declare_queue, spec),
                 )
+            fanout = topology.fanout_exchange(topic)
+            exchanges: tuple[tuple[str, topology.ExchangeKind], ...] = (
+                (self.exchange, "topic"),
+                (fanout, "fanout"),
+            )
+            for name, kind in exchanges:
+                exchange = _ExchangeSpec(name, kind, *self._exchange_options(kind))
+                await self._tolerant(
+                    probe,
+                    f"exchange {name!r}",
+                    f"durable={exchange.durable}, auto_delete={exchange.auto_delete}",
+                    topic,
+                    partial(_declare_exchange, exchange),
+                    migrate=False,
+                )
         for arguments in dead_letter_bindings():
             await channel.queue_bind(dlq.name, self.dead_letter, arguments=arguments)
-        await self._exchange(channel, self.exchange, "topic")
         for queue in (topology.shared_queue(topic), topology.server_queue(topic, host)):
             await channel.queue_bind(queue, self.exchange, routing_key=queue)
-        fanout = topology.fanout_exchange(topic)
-        await self._exchange(channel, fanout, "fanout")
         await channel.queue_declare(
             fanout_queue, auto_delete=True, arguments={"x-dead-letter-exchange": self.dead_letter}
         )
@@ -164,9 +207,12 @@ class Declarer:
         wanted: str,
         topic: str,
         declare: Callable[[Channel, bool], Awaitable[object]],
+        *,
+        migrate: bool = True,
     ) -> None:
         """``declare(channel, passive=False)``; when RabbitMQ refuses it (``what`` exists
-        with other arguments), use it as it is, with one warning per ``what``."""
+        with other arguments), use it as it is, with one warning per ``what`` (naming
+        ``queues migrate`` when ``migrate``, which re-creates it)."""
         try:
             await declare(await probe.channel(), False)
             return
@@ -175,22 +221,31 @@ class Declarer:
         await declare(await probe.channel(), True)  # it exists, or this raises
         level = logging.DEBUG if what in self._warned else logging.WARNING
         self._warned.add(what)
+        remedy = (
+            f"To re-create it without losing a message, stop the services of topic {topic!r} "
+            f"and run `{MIGRATE_COMMAND} --topic {topic}`"
+            if migrate
+            else "Make the settings match the services that declared it (see docs/interop.md)"
+        )
         log.log(
             level,
             "%s exists with other arguments than the settings ask (RabbitMQ: %s); using it "
-            "as it is. The settings ask for %s. To re-create it without losing a message, "
-            "stop the services of topic %r and run `%s --topic %s`",
+            "as it is. The settings ask for %s. %s",
             what[:1].upper() + what[1:],
             refusal,
             wanted,
-            topic,
-            MIGRATE_COMMAND,
-            topic,
+            remedy,
         )
 
 
-async def _declare_exchange(name: str, kind: str, channel: Channel, passive: bool) -> object:
-    return await channel.exchange_declare(name, exchange_type=kind, durable=True, passive=passive)
+async def _declare_exchange(spec: _ExchangeSpec, channel: Channel, passive: bool) -> object:
+    return await channel.exchange_declare(
+        spec.name,
+        exchange_type=spec.kind,
+        durable=spec.durable,
+        auto_delete=spec.auto_delete,
+        passive=passive,
+    )
 
 
 async def _declare_queue(spec: QueueSpec, channel: Channel, passive: bool) -> object:

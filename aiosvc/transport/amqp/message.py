@@ -10,12 +10,16 @@ from aiormq.abc import DeliveredMessage
 
 from .channel import AMQP_ERRORS
 
-__all__ = ["AMQPIncomingMessage", "SendReply"]
+__all__ = ["AMQPIncomingMessage", "DeadLetter", "SendReply"]
 
 log = logging.getLogger(__name__)
 
 SendReply = Callable[[str, str | None, bytes], Awaitable[None]]
 """``send_reply(reply_to, correlation_id, body)``: how a reply goes back to its caller."""
+
+DeadLetter = Callable[[DeliveredMessage, str], Awaitable[None]]
+"""``dead_letter(message, queue)``: publish a copy of ``message``, delivered from ``queue``,
+to the dead-letter exchange (for queues declared without one: oslo.messaging's)."""
 
 
 class AMQPIncomingMessage:
@@ -27,11 +31,19 @@ class AMQPIncomingMessage:
     Nova: ``oslo_messaging._drivers.amqpdriver.AMQPIncomingMessage``.
     """
 
-    __slots__ = ("_message", "_send_reply", "_settled")
+    __slots__ = ("_dead_letter", "_message", "_queue", "_send_reply", "_settled")
 
-    def __init__(self, message: DeliveredMessage, send_reply: SendReply) -> None:
+    def __init__(
+        self,
+        message: DeliveredMessage,
+        send_reply: SendReply,
+        queue: str = "",
+        dead_letter: DeadLetter | None = None,
+    ) -> None:
         self._message = message
         self._send_reply = send_reply
+        self._queue = queue
+        self._dead_letter = dead_letter
         self._settled = False
 
     @property
@@ -55,12 +67,14 @@ class AMQPIncomingMessage:
         """True for a call (the request has ``reply_to``)."""
         return self._message.header.properties.reply_to is not None
 
-    async def reply(self, body: bytes) -> None:
-        """Send ``body`` to the caller's direct reply-to address; dropped if it is gone."""
+    async def reply(self, body: bytes, to: str | None = None) -> None:
+        """Send ``body`` to the queue ``to``, or to the caller's reply-to address; dropped
+        if it is gone."""
         properties = self._message.header.properties
-        if properties.reply_to is not None:
+        reply_to = to or properties.reply_to
+        if reply_to is not None:
             await self._send_reply(
-                properties.reply_to, properties.correlation_id or properties.message_id, body
+                reply_to, properties.correlation_id or properties.message_id, body
             )
 
     async def ack(self) -> None:
@@ -68,8 +82,22 @@ class AMQPIncomingMessage:
         await self._settle(requeue=None)
 
     async def reject(self) -> None:
-        """``basic.reject`` without requeue: the queue dead-letters it to ``<exchange>.dlx``."""
-        await self._settle(requeue=False)
+        """``basic.reject`` without requeue: the queue dead-letters it to ``<exchange>.dlx``.
+
+        From a queue declared without a dead-letter exchange (oslo.messaging's), a copy is
+        published to ``<exchange>.dlx`` first, and the message acknowledged once the broker
+        has confirmed it; if that fails, the message is requeued, never dropped.
+        """
+        if self._dead_letter is None or self._settled:
+            await self._settle(requeue=False)
+            return
+        try:
+            await self._dead_letter(self._message, self._queue)
+        except Exception as exc:
+            log.warning("could not dead-letter %s (%s); requeueing it", self.message_id, exc)
+            await self._settle(requeue=True)
+            return
+        await self._settle(requeue=None)
 
     async def _settle(self, *, requeue: bool | None) -> None:
         if self._settled:

@@ -12,6 +12,12 @@ Channels, one per concern, so none waits on another:
 Consumers use a connection of their own: RabbitMQ blocks a connection that publishes
 during a resource alarm, and acks must still flow then.
 
+With ``rpc_wire = "oslo"`` (oslo.messaging's wire), calls go out with the name of this
+transport's reply queue in their body instead of direct reply-to (:class:`.ReplyQueue`), every
+message is JSON-typed as kombu expects, the declarations are oslo's (:mod:`.declare`), and a
+message a service rejects is copied to the dead-letter exchange by the transport, since
+oslo's queues have none.
+
 Casts and calls made while the broker is unreachable wait for it, up to the call's timeout
 (``rpc_response_timeout`` for a cast). The URL may list several brokers (a cluster): see
 :mod:`.connection` for the failover, and for how the broker's loss and return are logged.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import math
 import os
@@ -38,7 +45,7 @@ from .channel import AMQP_ERRORS, ChannelKeeper, Properties
 from .connection import BrokerWatch, FailoverConnection, broker_urls, relay_library_logs, shown
 from .consumer import AMQPConsumer
 from .declare import Declarer
-from .replies import REPLY_TO, PendingCalls
+from .replies import REPLY_TO, PendingCalls, ReplyQueue
 
 __all__ = ["AMQPTransport"]
 
@@ -66,6 +73,12 @@ class AMQPTransport(Transport):
         relay_library_logs(self._passwords)
         self._declarer = Declarer(settings)
         self._pending = PendingCalls()
+        # oslo.messaging's wire: replies come to a queue of this transport's, named in requests.
+        self._replies = ReplyQueue() if settings.rpc_wire == "oslo" else None
+        self.reply_queue = self._replies.name if self._replies is not None else None
+        # What kombu (oslo.messaging's AMQP library) needs to decode a body as JSON.
+        self._content_type = "application/json" if self._replies is not None else None
+        self._content_encoding = "utf-8" if self._replies is not None else None
         self._connection: FailoverConnection | None = None
         self._consumer_connection: FailoverConnection | None = None
         self._publisher: ChannelKeeper | None = None
@@ -138,7 +151,7 @@ class AMQPTransport(Transport):
                 "calls",
                 connection,
                 confirms=True,
-                setup=self._pending.consume,
+                setup=self._replies.consume if self._replies else self._pending.consume,
                 on_lost=self._on_call_channel_lost,
             )
             replier = ChannelKeeper("replies", connection)
@@ -156,6 +169,11 @@ class AMQPTransport(Transport):
         for consumer in list(self._consumers):
             await consumer.close()
         self._pending.fail_all(TransportError("AMQP transport closed"))
+        if self._replies is not None:
+            self._replies.fail_all(TransportError("AMQP transport closed"))
+            channel = self._caller.usable() if self._caller is not None else None
+            if channel is not None:
+                await self._replies.delete(channel)
         for keeper in (self._publisher, self._caller, self._replier):
             if keeper is not None:
                 await keeper.close()
@@ -172,7 +190,7 @@ class AMQPTransport(Transport):
         # After a reconnect the broker may be a new one (or someone deleted an exchange,
         # which is what closed the channel): declare exchanges again on next use.
         self._declarer.forget()
-        self._pending.fail_all()
+        self._pending.fail_all()  # a reply queue (oslo's wire) outlives its channel: not those
 
     # -- consuming ----------------------------------------------------------
 
@@ -204,6 +222,7 @@ class AMQPTransport(Transport):
             self._consumer_connection,
             self._declarer,
             self._send_reply,
+            dead_letter=self._dead_letter if self._replies is not None else None,
             topic=topic,
             host=host,
             callback=callback,
@@ -255,7 +274,12 @@ class AMQPTransport(Transport):
                 body,
                 exchange=route.exchange,
                 routing_key=route.routing_key,
-                properties=Properties(delivery_mode=2, message_id=message_id),
+                properties=Properties(
+                    delivery_mode=2,
+                    message_id=message_id,
+                    content_type=self._content_type,
+                    content_encoding=self._content_encoding,
+                ),
                 mandatory=not fanout,
             )
         except TimeoutError:
@@ -282,14 +306,18 @@ class AMQPTransport(Transport):
         message_id: str,
         timeout: float,
         server: str | None = None,
+        call_monitor_timeout: float | None = None,
     ) -> bytes:
-        """Publish a request with direct reply-to and wait for the reply.
+        """Publish a request with direct reply-to (or, on oslo's wire, to be answered on
+        this transport's reply queue) and wait for the reply.
 
         The request is ``mandatory`` and expires in the broker after ``timeout``;
-        one deadline covers waiting for the broker, publishing and the reply.
+        one deadline covers waiting for the broker, publishing and the reply. On oslo's
+        wire, ``call_monitor_timeout`` also bounds the wait between heartbeats.
 
         Raises:
-            MessagingTimeout: no reply within ``timeout`` (also while the broker is down).
+            MessagingTimeout: no reply within ``timeout`` (also while the broker is down),
+                or no heartbeat within ``call_monitor_timeout``.
             MessageUndeliverable: no queue is bound for the target.
             TransportError: the connection was lost while waiting for the reply.
         """
@@ -298,30 +326,49 @@ class AMQPTransport(Transport):
             raise TransportError("AMQP transport is not connected")
         route = topology.route(self._declarer.exchange, topic, server, False)
         channel = None
+        replies = self._replies
+        expiration = str(max(1, math.ceil(timeout * 1000)))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 channel = keeper.usable() or await keeper.get()
                 await self._declarer.exchange_for(channel, route)
-                reply = self._pending.expect(message_id)
+                if replies is None:
+                    reply = self._pending.expect(message_id)
+                    properties = Properties(
+                        message_id=message_id,
+                        correlation_id=message_id,
+                        reply_to=REPLY_TO,
+                        expiration=expiration,
+                    )
+                else:
+                    replies.expect(message_id, call_monitor_timeout)
+                    properties = Properties(
+                        message_id=message_id,
+                        expiration=expiration,
+                        content_type=self._content_type,
+                        content_encoding=self._content_encoding,
+                    )
                 result: object = await channel.basic_publish(
                     body,
                     exchange=route.exchange,
                     routing_key=route.routing_key,
-                    properties=Properties(
-                        message_id=message_id,
-                        correlation_id=message_id,
-                        reply_to=REPLY_TO,
-                        expiration=str(max(1, math.ceil(timeout * 1000))),
-                    ),
+                    properties=properties,
                     mandatory=True,
                 )
                 if isinstance(result, DeliveredMessage):
                     raise MessageUndeliverable(
                         f"no queue is bound for {route.routing_key!r} on {route.exchange!r}"
                     )
-                return await reply
+                if replies is None:
+                    return await reply
+                return await replies.wait(message_id)
         except TimeoutError:
-            why = "" if channel is not None else " (the AMQP broker is unreachable)"
+            if channel is None:
+                why = " (the AMQP broker is unreachable)"
+            elif not deadline.expired():
+                why = f" (no call-monitor heartbeat for {call_monitor_timeout}s)"
+            else:
+                why = ""
             raise MessagingTimeout(
                 f"Timed out waiting for a reply to message ID {message_id}{why}"
             ) from None
@@ -333,7 +380,10 @@ class AMQPTransport(Transport):
         except AMQP_ERRORS as exc:
             raise self._failure(f"call {message_id} failed on", exc) from None
         finally:
-            self._pending.discard(message_id)
+            if replies is None:
+                self._pending.discard(message_id)
+            else:
+                replies.discard(message_id)
 
     async def _send_reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
         channel = self._replier.usable() if self._replier is not None else None
@@ -345,7 +395,65 @@ class AMQPTransport(Transport):
             await channel.basic_publish(
                 body,
                 routing_key=reply_to,
-                properties=Properties(correlation_id=correlation_id, message_id=correlation_id),
+                properties=Properties(
+                    correlation_id=correlation_id,
+                    message_id=correlation_id,
+                    content_type=self._content_type,
+                    content_encoding=self._content_encoding,
+                ),
             )
         except AMQP_ERRORS as exc:
             log.warning("dropping reply to %s: %s", correlation_id, exc)
+
+    async def _dead_letter(self, message: DeliveredMessage, queue: str) -> None:
+        """Publish a copy of ``message`` to ``<control_exchange>.dlx`` as RabbitMQ would
+        dead-letter it (the same ``x-first-death-*`` and ``x-death`` headers), confirmed.
+
+        For oslo's queues, which have no dead-letter exchange of their own.
+
+        Raises:
+            TransportError: not connected, or the broker did not confirm the copy.
+        """
+        channel = self._publisher.usable() if self._publisher is not None else None
+        if channel is None:
+            raise TransportError("not connected to the AMQP broker")
+        properties = message.header.properties
+        delivery = message.delivery
+        exchange = getattr(delivery, "exchange", "") or ""
+        routing_key = getattr(delivery, "routing_key", "") or ""
+        death = {
+            "count": 1,
+            "reason": "rejected",
+            "queue": queue,
+            "time": datetime.datetime.now(datetime.UTC).replace(microsecond=0),
+            "exchange": exchange,
+            "routing-keys": [routing_key],
+        }
+        headers = dict(properties.headers or {})
+        headers.update(
+            {
+                "x-first-death-reason": "rejected",
+                "x-first-death-queue": queue,
+                "x-first-death-exchange": exchange,
+                "x-death": [death],
+            }
+        )
+        copy = Properties(
+            content_type=properties.content_type,
+            content_encoding=properties.content_encoding,
+            headers=headers,
+            delivery_mode=2,
+            message_id=properties.message_id,
+            timestamp=properties.timestamp,
+        )
+        try:
+            result = await channel.basic_publish(
+                message.body,
+                exchange=self._declarer.dead_letter,
+                routing_key=queue,
+                properties=copy,
+            )
+        except AMQP_ERRORS as exc:
+            raise self._failure("dead letter not confirmed by", exc) from None
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            raise TransportError(f"AMQP broker refused the dead letter: {result!r}")
