@@ -273,6 +273,10 @@ class RPCServer:
 
 
 async def _beat(message: IncomingMessage, reply_to: str, msg_id: str, interval: float) -> None:
+    """Send call ``msg_id`` a heartbeat every ``interval`` seconds until cancelled."""
     while True:
         await asyncio.sleep(interval)
-        await message.reply(oslo.encode_heartbeat(msg_id), to=reply_to)
+        try:
+            await message.reply(oslo.encode_heartbeat(msg_id), to=reply_to)
+        except Exception as exc:  # the caller's monitor will say it; the method goes on
+            log.warning("Could not send a heartbeat to call %s: %s", brief(msg_id), exc)
