@@ -8,7 +8,9 @@ A handler's exception goes back to the caller and the message is acknowledged, n
 requeued in a loop. A malformed message is logged and dead-lettered.
 
 On oslo.messaging's wire (``rpc_wire = "oslo"``, :mod:`aiosvc.rpc.oslo`) the server does
-what an oslo server does: it acknowledges a request before dispatching it (at most once),
+what an oslo server does: it acknowledges a request before dispatching it (at most once;
+as its handler starts, so that those waiting for one of the ``rpc_max_concurrency`` slots
+stay unacknowledged and the prefetch bounds them),
 drops a repeated ``_unique_id`` among the last 16, sends the reply to the queue the request
 names, and sends call-monitor heartbeats every half of the caller's ``_timeout`` while the
 method runs.
@@ -145,27 +147,32 @@ class RPCServer:
                 )
                 await message.reject()
                 return
-            if self._oslo and not await self._take(message, request):
-                return
             # oslo's requests carry their ids in the body, not as AMQP properties.
             message_id = request.msg_id or request.unique_id or message.message_id
             with use_context(request.context):
-                heartbeats = self._heartbeats(message, request)
-                try:
-                    async with self._limiter:
+                async with self._limiter:
+                    # oslo's wire acknowledges as the handler starts, not on delivery: what
+                    # waits for a slot stays unacknowledged, so the prefetch still bounds it.
+                    if self._oslo and not await self._take(message, request):
+                        return
+                    heartbeats = self._heartbeats(message, request)
+                    try:
                         result = await self.dispatcher.dispatch(request)
-                    reply = self._result(request, result)
-                except _REFUSALS as exc:
-                    log.warning(
-                        "Refused %s (message %s): %s", brief(request.method), brief(message_id), exc
-                    )
-                    reply = self._failure(request, exc)
-                except Exception as exc:
-                    log.exception("Error in %s (message %s)", request.method, message_id)
-                    reply = self._failure(request, exc)
-                finally:
-                    if heartbeats is not None:
-                        heartbeats.cancel()
+                        reply = self._result(request, result)
+                    except _REFUSALS as exc:
+                        log.warning(
+                            "Refused %s (message %s): %s",
+                            brief(request.method),
+                            brief(message_id),
+                            exc,
+                        )
+                        reply = self._failure(request, exc)
+                    except Exception as exc:
+                        log.exception("Error in %s (message %s)", request.method, message_id)
+                        reply = self._failure(request, exc)
+                    finally:
+                        if heartbeats is not None:
+                            heartbeats.cancel()
                 if request.reply_to is not None:
                     await message.reply(reply, to=request.reply_to)
                 elif message.reply_expected:
