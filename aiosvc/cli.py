@@ -162,7 +162,7 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="FILE", help="a .toml or KEY=VALUE settings file")
     common.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR")
     common.add_argument(
-        "--transport-url", metavar="URL", help="message broker (memory://, amqp://)"
+        "--transport-url", metavar="URL", help="message broker (memory://, amqp://, rabbit://)"
     )
     common.add_argument(
         "--database-url", metavar="URL", help="service store (memory://, postgresql://)"

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("rpc_wire", mode="before")
+    @classmethod
+    def _lower_wire(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("api_listen")
     @classmethod
     def _ip_address(cls, value: str) -> str:

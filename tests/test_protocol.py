@@ -447,3 +447,20 @@ def test_a_request_with_non_ascii_digits_in_its_version_is_malformed(version: st
 def test_parse_version() -> None:
     assert parse_version("1.2") == (1, 2, 0)
     assert parse_version("6.4.1") == (6, 4, 1)
+
+
+# -- a message of oslo.messaging's wire (rpc_wire="oslo") on aiosvc's
+
+
+@pytest.mark.parametrize("version", ["2.0", "1.0", 2])
+def test_an_oslo_request_on_the_aiosvc_wire_is_named(version: Any) -> None:
+    from aiosvc.rpc import oslo
+
+    envelope = json.loads(oslo.encode_request(Context(), "m", {}, "1.0", None, msg_id="x"))
+    envelope["oslo.version"] = version
+    with pytest.raises(MalformedMessage) as info:
+        decode_request(json.dumps(envelope).encode())
+    message = str(info.value)
+    assert f"an oslo.messaging request (envelope 'oslo.version': {version!r})" in message
+    assert "set rpc_wire='oslo'" in message
+    assert "\n" not in message

@@ -236,7 +236,7 @@ def test_invalid_value_in_config_file(tmp_path: Path) -> None:
     ("field", "url"),
     [
         ("transport_url", "http://broker:5672/"),
-        ("transport_url", "rabbit://broker/"),  # oslo's scheme: not ours
+        ("transport_url", "kafka://broker/"),
         ("transport_url", "broker:5672"),
         ("database_url", "mysql://db/nova"),
         ("database_url", "sqlite:///nova.db"),
@@ -441,3 +441,101 @@ def test_isolated_settings_read_only_what_they_are_given(
     assert (widened.widget_count, widened.host, widened.isolated) == (3, "h", True)
     with pytest.raises(ConfigError, match="isolated settings read no config file"):
         Settings.load(tmp_path / ".env", isolated=True)
+
+
+# -- rpc_wire: oslo.messaging's wire takes oslo's defaults where none is given
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def test_aiosvc_wire_is_the_default() -> None:
+    s = Settings.load(transport_url=AMQP)
+    assert (s.rpc_wire, s.control_exchange, s.amqp_durable_queues) == ("aiosvc", "aiosvc", True)
+
+
+def test_oslo_wire_takes_oslos_defaults() -> None:
+    s = Settings.load(rpc_wire="oslo", transport_url=AMQP)
+    assert (s.control_exchange, s.amqp_durable_queues) == ("openstack", False)
+
+
+@pytest.mark.parametrize("source", ["overrides", "env", "toml"])
+@pytest.mark.parametrize(("exchange", "durable"), [("nova", True), ("aiosvc", True)])
+def test_oslo_wire_keeps_what_is_given(
+    source: str,
+    exchange: str,
+    durable: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given explicitly, even a value equal to aiosvc's default is kept, from any source.
+    values = {"rpc_wire": "oslo", "transport_url": AMQP, "control_exchange": exchange}
+    if source == "overrides":
+        s = Settings.load(**values, amqp_durable_queues=durable)
+    elif source == "env":
+        for name, value in values.items():
+            monkeypatch.setenv(f"AIOSVC_{name.upper()}", value)
+        monkeypatch.setenv("AIOSVC_AMQP_DURABLE_QUEUES", str(durable).lower())
+        s = Settings.load()
+    else:
+        config = tmp_path / "aiosvc.toml"
+        lines = [f'{name} = "{value}"' for name, value in values.items()]
+        config.write_text("\n".join([*lines, f"amqp_durable_queues = {str(durable).lower()}"]))
+        s = Settings.load(config)
+    assert (s.rpc_wire, s.control_exchange, s.amqp_durable_queues) == ("oslo", exchange, durable)
+
+
+def test_oslo_defaults_survive_reload_as() -> None:
+    s = Settings.load(isolated=True, rpc_wire="oslo", transport_url=AMQP).reload_as(WidgetSettings)
+    assert (s.rpc_wire, s.control_exchange, s.amqp_durable_queues) == ("oslo", "openstack", False)
+    given = Settings.load(
+        isolated=True, rpc_wire="oslo", transport_url=AMQP, control_exchange="nova"
+    ).reload_as(WidgetSettings)
+    assert (given.control_exchange, given.amqp_durable_queues) == ("nova", False)
+
+
+@pytest.mark.parametrize("url", [None, "memory://", "memory://test-1"])
+def test_oslo_wire_on_memory_is_a_config_error(url: str | None) -> None:
+    overrides = {"transport_url": url} if url else {}
+    with pytest.raises(ConfigError) as info:
+        Settings.load(rpc_wire="oslo", **overrides)
+    message = str(info.value)
+    assert "rpc_wire='oslo'" in message
+    assert "memory://" in message
+    assert "\n" not in message
+
+
+def test_oslo_wire_from_env_on_memory_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOSVC_RPC_WIRE", "oslo")
+    with pytest.raises(ConfigError, match="rpc_wire='oslo' needs an AMQP transport_url"):
+        Settings.load()
+
+
+@pytest.mark.parametrize("value", ["bogus", "", "oslo.messaging"])
+def test_unknown_rpc_wire(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOSVC_RPC_WIRE", value)
+    with pytest.raises(ConfigError) as info:
+        Settings.load(transport_url=AMQP)
+    message = str(info.value)
+    assert f"rpc_wire (AIOSVC_RPC_WIRE={value})" in message
+    assert "'aiosvc' or 'oslo'" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "brokers"),
+    [
+        ("rabbit://guest:guest@h:5672/", ["amqp://guest:guest@h:5672/"]),
+        ("rabbit://h/", ["amqp://h/"]),
+        (
+            "rabbit://u:p@h1:5672,h2:5673/nova",
+            ["amqp://u:p@h1:5672/nova", "amqp://u:p@h2:5673/nova"],
+        ),
+    ],
+)
+@pytest.mark.parametrize("wire", ["aiosvc", "oslo"])
+def test_rabbit_url_is_amqp(url: str, brokers: list[str], wire: str) -> None:
+    # oslo.messaging's transport_url, copied from an OpenStack service's configuration.
+    from aiosvc.transport.amqp.connection import broker_urls
+
+    s = Settings.load(transport_url=url, rpc_wire=wire)
+    assert s.transport_url == url
+    assert [str(broker) for broker in broker_urls(s.transport_url)] == brokers

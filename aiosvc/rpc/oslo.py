@@ -44,7 +44,16 @@ import pydantic_core
 
 from ..context import Context
 from ..exceptions import MalformedMessage, NoSuchMethod, RemoteError, UnsupportedVersion
-from .protocol import Request, brief, dumps, parse_version, rebuild_allowed, rebuild_exception
+from .protocol import (
+    Request,
+    brief,
+    dumps,
+    exception_text,
+    parse_version,
+    rebuild_allowed,
+    rebuild_exception,
+    valid_utf8,
+)
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -245,9 +254,7 @@ def _seconds(value: Any) -> float | None:
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if number and 0 <= value <= sys.float_info.max:
         return float(value)
-    raise MalformedMessage(
-        f"request field '_timeout' must be a non-negative number or null, got {brief(value)}"
-    )
+    raise MalformedMessage("request field '_timeout' must be a non-negative number or null")
 
 
 # -- replies --------------------------------------------------------------------------
@@ -264,7 +271,7 @@ class Reply:
 
     @property
     def heartbeat(self) -> bool:
-        """A call-monitor heartbeat: the method is still running."""
+        """Whether this is a call-monitor heartbeat (the method is still running)."""
         return not self.ending and self.result is None and self.failure is None
 
 
@@ -289,9 +296,10 @@ def encode_result(msg_id: str, result: Any) -> bytes:
     return _reply(msg_id, result, None, True)
 
 
-def encode_failure(msg_id: str, exc: BaseException, method: str = "") -> bytes:
-    """The final reply to call ``msg_id`` for the exception its method raised."""
-    return _reply(msg_id, None, serialize_failure(exc, method), True)
+def encode_failure(msg_id: str, exc: BaseException, method: str = "", version: str = "") -> bytes:
+    """The final reply to call ``msg_id`` for the exception its method raised (``method``
+    and ``version``: the request's)."""
+    return _reply(msg_id, None, serialize_failure(exc, method, version), True)
 
 
 def encode_heartbeat(msg_id: str) -> bytes:
@@ -326,8 +334,12 @@ def decode_reply(body: bytes) -> Reply:
 # -- failures -------------------------------------------------------------------------
 
 
-def serialize_failure(exc: BaseException, method: str = "") -> str:
-    """``exc`` as oslo serializes a remote exception: a JSON string."""
+def serialize_failure(exc: BaseException, method: str = "", version: str = "") -> str:
+    """``exc`` as oslo serializes a remote exception: a JSON string.
+
+    ``method`` and ``version`` are the request's, for the arguments of oslo's
+    ``NoSuchMethod(method)`` and ``UnsupportedVersion(version, method)``.
+    """
     cls = type(exc)
     module, name = cls.__module__, cls.__qualname__
     args: Any = list(exc.args)
@@ -335,19 +347,19 @@ def serialize_failure(exc: BaseException, method: str = "") -> str:
     if isinstance(exc, NoSuchMethod):
         module, name, args = _OSLO_DISPATCHER, "NoSuchMethod", [method]
     elif isinstance(exc, UnsupportedVersion):
-        module, name, args = _OSLO_DISPATCHER, "UnsupportedVersion", [str(exc), method]
+        module, name, args = _OSLO_DISPATCHER, "UnsupportedVersion", [version, method]
     try:
         args = pydantic_core.from_json(pydantic_core.to_json(args))
         kwargs = pydantic_core.from_json(pydantic_core.to_json(kwargs or {}))
     except (pydantic_core.PydanticSerializationError, ValueError):
-        args, kwargs = [str(exc)], {}
+        args, kwargs = [exception_text(exc)], {}
     if not isinstance(kwargs, dict):
         kwargs = {}
     failure = {
         "class": name,
         "module": module,
-        "message": _text(exc),
-        "tb": [_utf8(line) for line in traceback.format_exception(exc)],
+        "message": exception_text(exc),
+        "tb": [valid_utf8(line) for line in traceback.format_exception(exc)],
         "args": args,
         "kwargs": kwargs,
     }
@@ -355,19 +367,6 @@ def serialize_failure(exc: BaseException, method: str = "") -> str:
         return dumps(failure).decode()
     except TypeError:  # args or kwargs hold a lone surrogate: not JSON
         return dumps(failure | {"args": [failure["message"]], "kwargs": {}}).decode()
-
-
-def _text(exc: BaseException) -> str:
-    """``str(exc)`` as valid UTF-8, even when ``__str__`` fails (as traceback shows it)."""
-    try:
-        return _utf8(str(exc))
-    except Exception:
-        return f"<exception str() failed: {type(exc).__qualname__}>"
-
-
-def _utf8(text: str) -> str:
-    """``text`` with lone surrogates (which JSON cannot carry) replaced."""
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def rebuild_failure(failure: Mapping[str, Any], allowed: Iterable[str] = ()) -> BaseException:
@@ -390,7 +389,7 @@ def rebuild_failure(failure: Mapping[str, Any], allowed: Iterable[str] = ()) -> 
         exc: BaseException = (
             NoSuchMethod(message) if name == "NoSuchMethod" else (UnsupportedVersion(message))
         )
-    elif module == "builtins" or module in allowed or type_name in allowed:
+    elif module == "builtins" or (module and (module in allowed or type_name in allowed)):
         args, kwargs = failure.get("args"), failure.get("kwargs")
         rebuilt = rebuild_allowed(
             module,

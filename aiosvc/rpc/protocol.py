@@ -43,28 +43,48 @@ __all__ = [
     "encode_failure",
     "encode_request",
     "encode_result",
+    "exception_text",
     "parse_version",
     "rebuild_allowed",
     "rebuild_exception",
+    "valid_utf8",
     "version_is_compatible",
 ]
 
 PROTOCOL_VERSION = 1
+# Fields only an oslo.messaging request has, enveloped or not (a plain one has no envelope).
+_OSLO_FIELDS = frozenset({"_unique_id", "_msg_id", "_reply_q", "_context_request_id"})
 
 _VERSION = re.compile(r"[0-9]{1,9}\.[0-9]{1,9}(?:\.[0-9]{1,9})?")
 
 _brief = reprlib.Repr()
 _brief.maxstring = _brief.maxother = 80
 _brief.maxlevel = 3
+_BRIEF_MAX = 200
 
 
 def brief(value: Any) -> str:
-    """``repr(value)`` cut to about 80 characters a level, for an error message or a log line.
+    """``repr(value)`` cut to about 80 characters a level and 200 in all, for an error
+    message or a log line.
 
     A peer's value goes into messages this way: a 1 MB string in a malformed message must
     not make a 1 MB log line (nor a reply to match).
     """
-    return _brief.repr(value)
+    shown = _brief.repr(value)
+    return shown if len(shown) <= _BRIEF_MAX else shown[: _BRIEF_MAX - 3] + "..."
+
+
+def valid_utf8(text: str) -> str:
+    """``text`` with lone surrogates (which JSON cannot carry) replaced."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)`` as valid UTF-8, even when its ``__str__`` fails (as traceback shows it)."""
+    try:
+        return valid_utf8(str(exc))
+    except Exception:
+        return f"<exception str() failed: {type(exc).__qualname__}>"
 
 
 def dumps(value: Any) -> bytes:
@@ -136,11 +156,16 @@ def decode_request(body: bytes) -> Request:
     data = _loads(body)
     if not isinstance(data, dict):
         raise MalformedMessage(f"request must be a JSON object, got {type(data).__name__}")
-    if "oslo.version" in data and "aiosvc" not in data:
+    if "aiosvc" not in data and ("oslo.version" in data or _OSLO_FIELDS.intersection(data)):
+        oslo_envelope = (
+            f"envelope 'oslo.version': {brief(data['oslo.version'])}"
+            if "oslo.version" in data
+            else "without an envelope"
+        )
         raise MalformedMessage(
-            f"an oslo.messaging request (envelope 'oslo.version': {brief(data['oslo.version'])})"
-            " on the aiosvc wire: its sender uses oslo.messaging's wire, this side "
-            "rpc_wire='aiosvc' (set rpc_wire='oslo' to serve oslo.messaging clients)"
+            f"an oslo.messaging request ({oslo_envelope}) on the aiosvc wire: its sender uses "
+            "oslo.messaging's wire, this side rpc_wire='aiosvc' (set rpc_wire='oslo' to serve "
+            "oslo.messaging clients)"
         )
     envelope = data.get("aiosvc")
     if type(envelope) is not int or envelope != PROTOCOL_VERSION:  # not True, not 1.0
@@ -178,21 +203,22 @@ def encode_result(result: Any) -> bytes:
 def encode_failure(exc: BaseException) -> bytes:
     """The body of a failed reply, from the exception the method raised."""
     cls = type(exc)
+    message = exception_text(exc)
     try:
         args: Any = pydantic_core.to_json(list(exc.args))
         args = pydantic_core.from_json(args)
     except (pydantic_core.PydanticSerializationError, ValueError):
-        args = [str(exc)]
-    return dumps(
-        {
-            "failure": {
-                "type": f"{cls.__module__}.{cls.__qualname__}",
-                "message": str(exc),
-                "args": args,
-                "traceback": traceback.format_exception(exc),
-            }
-        }
-    )
+        args = [message]
+    failure = {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": message,
+        "args": args,
+        "traceback": [valid_utf8(line) for line in traceback.format_exception(exc)],
+    }
+    try:
+        return dumps({"failure": failure})
+    except TypeError:  # args hold a lone surrogate: not JSON
+        return dumps({"failure": failure | {"args": [message]}})
 
 
 def decode_reply(body: bytes) -> tuple[bool, Any]:
@@ -251,7 +277,7 @@ def rebuild_allowed(
         cls: Any = importlib.import_module(module)
         for part in qualname.split("."):
             cls = getattr(cls, part)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError, TypeError):  # ValueError: "" or ".x"
         return None
     if not (isinstance(cls, type) and issubclass(cls, Exception)):
         return None

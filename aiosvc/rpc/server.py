@@ -80,6 +80,7 @@ class RPCServer:
         self._oslo = settings.rpc_wire == "oslo"
         self._decode = oslo.decode_request if self._oslo else decode_request
         self._recent: collections.deque[str] = collections.deque(maxlen=_DUPLICATES_KEPT)
+        self._acked_running = 0  # oslo's wire: handlers whose message was acknowledged
 
     @property
     def in_flight(self) -> int:
@@ -156,6 +157,8 @@ class RPCServer:
                     if self._oslo and not await self._take(message, request):
                         return
                     heartbeats = self._heartbeats(message, request)
+                    if self._oslo:
+                        self._acked_running += 1
                     try:
                         result = await self.dispatcher.dispatch(request)
                         reply = self._result(request, result)
@@ -171,6 +174,8 @@ class RPCServer:
                         log.exception("Error in %s (message %s)", request.method, message_id)
                         reply = self._failure(request, exc)
                     finally:
+                        if self._oslo:
+                            self._acked_running -= 1
                         if heartbeats is not None:
                             heartbeats.cancel()
                 if request.reply_to is not None:
@@ -193,7 +198,7 @@ class RPCServer:
 
     def _failure(self, request: Request, exc: BaseException) -> bytes:
         if request.msg_id is not None:
-            return oslo.encode_failure(request.msg_id, exc, request.method)
+            return oslo.encode_failure(request.msg_id, exc, request.method, request.version)
         return encode_failure(exc)
 
     async def _take(self, message: IncomingMessage, request: Request) -> bool:
@@ -254,27 +259,31 @@ class RPCServer:
         """
         if timeout is None:
             timeout = self.settings.graceful_shutdown_timeout or math.inf
-        cancelled = 0
+        cancelled = lost = 0
         await self.stop_accepting()
         with anyio.move_on_after(timeout):
             await self._idle.wait()
         if self.in_flight:
-            cancelled = self.in_flight
+            cancelled, lost = self.in_flight, self._acked_running
             log.warning(
-                "Graceful shutdown timeout (%ss) passed: cancelling %d unfinished handler(s); "
-                "their messages go back to the queue",
+                "Graceful shutdown timeout (%ss) passed: cancelling %d unfinished handler(s); %s",
                 timeout,
                 cancelled,
+                "their messages go back to the queue"
+                if not lost
+                else f"{lost} of them acknowledged already (oslo's wire: at most once) are lost, "
+                f"the other {cancelled - lost} go back to the queue",
             )
             await self._cancel_handlers()
         if self.consumer is not None:
             await self.consumer.close()
         self._done.set()
         log.info(
-            "RPC server for %s stopped: handled %d message(s), requeued %d",
+            "RPC server for %s stopped: handled %d message(s), requeued %d%s",
             self.topic,
             self.handled,
-            cancelled,
+            cancelled - lost,
+            f", lost {lost} acknowledged as they started (oslo's wire)" if lost else "",
         )
         return cancelled
 
