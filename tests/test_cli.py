@@ -498,7 +498,7 @@ def test_call_arguments_are_strings_unless_given_as_json() -> None:
         (
             ["--transport-url", "http://u:hunter2@rabbit/"],
             "transport_url (--transport-url 'http://u:***@rabbit/')",
-            "URL scheme must be one of memory, amqp, amqps, got 'http'",
+            "URL scheme must be one of memory, amqp, amqps, rabbit, got 'http'",
         ),
         (
             ["--database-url", "mysql://db/nova"],
