@@ -35,7 +35,6 @@ from tests.test_properties import json_values
 from tests.test_protocol import KeywordOnly
 
 interop = pytest.mark.interop
-# What importing oslo.messaging 18.3 warns (eventlet's is a Warning, no DeprecationWarning).
 DISPATCHER = "oslo_messaging.rpc.dispatcher"
 #: The application's exceptions module (Nova's ``nova.exception``), which callers may allow.
 APP = QuotaExceeded.__module__
@@ -896,28 +895,24 @@ def _check_reply(reply: oslo.Reply | None) -> None:
         assert isinstance(oslo.rebuild_failure(reply.failure, [APP, "os"]), Exception)
 
 
+#: The fields of a request (the properties below vary them one at a time, or at random).
+REQUEST_FIELDS = [
+    "method",
+    "args",
+    "version",
+    "namespace",
+    "_msg_id",
+    "_reply_q",
+    "_timeout",
+    "_context_roles",
+    "_context_user",
+    "_context_project",
+    "_context_is_admin",
+]
+OTHER_FIELDS = ["_unique_id", "result", "failure", "ending", "oslo.version", "oslo.message"]
+
 bodies = json_values | st.dictionaries(
-    st.sampled_from(
-        [
-            "method",
-            "args",
-            "version",
-            "namespace",
-            "_msg_id",
-            "_reply_q",
-            "_timeout",
-            "_unique_id",
-            "_context_roles",
-            "_context_user",
-            "_context_is_admin",
-            "result",
-            "failure",
-            "ending",
-            "oslo.version",
-            "oslo.message",
-            "aiosvc",
-        ]
-    ),
+    st.sampled_from([*REQUEST_FIELDS, *OTHER_FIELDS, "aiosvc"]),
     json_values | st.sampled_from([1e400, float("nan"), 10**400, "2.0", "echo", "reply_q"]),
 )
 
@@ -933,21 +928,7 @@ def test_decoders_over_arbitrary_json(value: Any, enveloped: bool) -> None:
 
 
 @hypothesis.given(
-    st.sampled_from(
-        [
-            "method",
-            "args",
-            "version",
-            "namespace",
-            "_msg_id",
-            "_reply_q",
-            "_timeout",
-            "_context_roles",
-            "_context_user",
-            "_context_project",
-            "_context_is_admin",
-        ]
-    ),
+    st.sampled_from(REQUEST_FIELDS),
     json_values | st.sampled_from([True, -1, 0, 1e400, float("nan"), 10**400]),
 )
 def test_decoder_over_near_valid_calls(name: str, value: Any) -> None:

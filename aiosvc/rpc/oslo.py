@@ -52,6 +52,7 @@ from .protocol import (
     parse_version,
     rebuild_allowed,
     rebuild_exception,
+    request_fields,
     valid_utf8,
 )
 
@@ -202,26 +203,7 @@ def decode_request(body: bytes) -> Request:
             message, or a field is missing or has the wrong type; the message says which.
     """
     message = _unwrap(body, "request")
-    method = message.get("method")
-    if not isinstance(method, str) or not method:
-        raise MalformedMessage("request field 'method' must be a non-empty string")
-    args = message.get("args")
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        raise MalformedMessage("request field 'args' must be an object")
-    version = message.get("version")
-    if version is None:
-        version = "1.0"  # oslo's default for a message without one
-    if not isinstance(version, str):
-        raise MalformedMessage("request field 'version' must be a string")
-    try:
-        parse_version(version)
-    except ValueError as exc:
-        raise MalformedMessage(str(exc)) from None
-    namespace = message.get("namespace")
-    if namespace is not None and not isinstance(namespace, str):
-        raise MalformedMessage("request field 'namespace' must be a string or null")
+    method, args, version, namespace = request_fields(message)
     msg_id = message.get("_msg_id")
     reply_q = message.get("_reply_q")
     if msg_id is not None and not isinstance(msg_id, str):

@@ -47,6 +47,7 @@ __all__ = [
     "parse_version",
     "rebuild_allowed",
     "rebuild_exception",
+    "request_fields",
     "valid_utf8",
     "version_is_compatible",
 ]
@@ -170,15 +171,28 @@ def decode_request(body: bytes) -> Request:
     envelope = data.get("aiosvc")
     if type(envelope) is not int or envelope != PROTOCOL_VERSION:  # not True, not 1.0
         raise MalformedMessage(f"unsupported envelope version {brief(envelope)}")
+    method, args, version, namespace = request_fields(data)
+    return Request(method, args, Context.from_dict(data.get("context")), version, namespace)
+
+
+def request_fields(data: dict[str, Any]) -> tuple[str, dict[str, Any], str, str | None]:
+    """``method``, ``args``, ``version`` and ``namespace`` of a request, as both wires name
+    them (``args`` absent or null: none; ``version`` absent or null: ``"1.0"``, oslo's default).
+
+    Raises:
+        MalformedMessage: a field is missing or has the wrong type; the message says which.
+    """
     method = data.get("method")
     if not isinstance(method, str) or not method:
         raise MalformedMessage("request field 'method' must be a non-empty string")
-    args = data.get("args", {})
+    args = data.get("args")
+    if args is None:
+        args = {}
     if not isinstance(args, dict):
         raise MalformedMessage("request field 'args' must be an object")
     version = data.get("version")
     if version is None:
-        version = "1.0"  # oslo's default for a message without one
+        version = "1.0"
     if not isinstance(version, str):
         raise MalformedMessage("request field 'version' must be a string")
     try:
@@ -188,7 +202,7 @@ def decode_request(body: bytes) -> Request:
     namespace = data.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         raise MalformedMessage("request field 'namespace' must be a string or null")
-    return Request(method, args, Context.from_dict(data.get("context")), version, namespace)
+    return method, args, version, namespace
 
 
 def encode_result(result: Any) -> bytes:
