@@ -2,9 +2,10 @@
 
     python benchmarks/rpc.py                       # starts a throwaway RabbitMQ node
     python benchmarks/rpc.py --amqp-url amqp://guest:guest@127.0.0.1:5672/ --runs 3
+    python benchmarks/rpc.py --extra aiosvc-oslo-transient --extra raw-reply-queue
 
-Each run measures both implementations (alternating which goes first), each with its
-server in a separate process:
+Each run measures every implementation (rotating which goes first), each with its server
+in a separate process:
 
 * sequential call latency: p50 / p99 over 2000 calls, one at a time;
 * concurrent call throughput: 20000 calls, 64 in flight;
@@ -15,6 +16,14 @@ queue, requests with direct reply-to (``amq.rabbitmq.reply-to``), mandatory publ
 with publisher confirms, persistent casts, prefetch 64, acknowledgement after the work,
 and JSON bodies. So the ratio (aiosvc / raw) is the framework's cost. The report prints
 the median of the runs and the ratios.
+
+The implementations: ``raw``; ``aiosvc`` (its own wire, ``rpc_wire="aiosvc"``);
+``aiosvc-oslo``, the same manager and client on oslo.messaging's wire (``rpc_wire="oslo"``)
+with the baseline's durable queues (``amqp_durable_queues=True``), so its ratio is the cost
+of the wire. ``--extra`` adds ``aiosvc-oslo-transient``, on oslo's default non-durable
+queues and exchange, or ``raw-reply-queue``, the raw client with a reply queue of its own,
+as oslo's wire has, instead of direct reply-to. Each aiosvc implementation has an exchange
+of its own, and every implementation a new topic per run.
 """
 
 from __future__ import annotations
@@ -46,6 +55,33 @@ CASTS = 50000
 CASTS_IN_FLIGHT = 256
 RAW_EXCHANGE = "bench-raw"
 AIOSVC_EXCHANGE = "bench-aiosvc"
+OSLO_EXCHANGE = "bench-oslo"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+# The settings of each aiosvc implementation, on top of the common ones (aiosvc_settings).
+# Exchanges differ: oslo's transient one cannot share a name with a durable one.
+AIOSVC_IMPLS: dict[str, dict[str, Any]] = {
+    "aiosvc": {"control_exchange": AIOSVC_EXCHANGE},
+    "aiosvc-oslo": {
+        "rpc_wire": "oslo",
+        "control_exchange": OSLO_EXCHANGE,
+        "amqp_durable_queues": True,  # as the baseline; oslo's default is False
+    },
+    "aiosvc-oslo-transient": {"rpc_wire": "oslo", "control_exchange": f"{OSLO_EXCHANGE}-transient"},
+}
+EXTRAS = ("aiosvc-oslo-transient", "raw-reply-queue")
+LABELS = {
+    "raw": "raw aio-pika",
+    "raw-reply-queue": "raw, reply queue",
+    "aiosvc": "aiosvc",
+    "aiosvc-oslo": "aiosvc, oslo wire",
+    "aiosvc-oslo-transient": "aiosvc, oslo wire, transient queues",
+}
+
+
+def aiosvc_settings(impl: str, url: str, **extra: Any) -> aiosvc.Settings:
+    """The settings of aiosvc implementation ``impl``: nothing read from the environment."""
+    return aiosvc.Settings.load(isolated=True, transport_url=url, **AIOSVC_IMPLS[impl], **extra)
 
 
 # -- servers (run in a child process) ----------------------------------------------------
@@ -104,7 +140,9 @@ async def serve_raw(
     await asyncio.Event().wait()
 
 
-async def serve_aiosvc(url: str, topic: str) -> None:
+async def serve_aiosvc(url: str, topic: str, impl: str = "aiosvc") -> None:
+    """The aiosvc server of ``topic``: a manager with the raw server's methods."""
+
     class Bench(aiosvc.Manager):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
@@ -119,10 +157,10 @@ async def serve_aiosvc(url: str, topic: str) -> None:
         async def count(self, ctx: aiosvc.Context) -> int:
             return self.handled
 
-    settings = aiosvc.Settings.load(
-        transport_url=url,
+    settings = aiosvc_settings(
+        impl,
+        url,
         database_url="memory://",
-        control_exchange=AIOSVC_EXCHANGE,
         rpc_max_concurrency=PREFETCH,
         report_interval=0,
         periodic_enable=False,
@@ -138,10 +176,12 @@ async def serve_aiosvc(url: str, topic: str) -> None:
 
 
 class RawClient:
-    """A direct reply-to RPC client on plain aio-pika."""
+    """A direct reply-to RPC client on plain aio-pika; with ``reply_queue``, replies come to
+    a queue of its own instead (``reply_<hex>``, declared as oslo.messaging declares it)."""
 
-    def __init__(self, url: str, topic: str) -> None:
+    def __init__(self, url: str, topic: str, reply_queue: bool = False) -> None:
         self.url, self.topic = url, topic
+        self.reply_to = f"reply_{uuid.uuid4().hex}" if reply_queue else DIRECT_REPLY_TO
         self.futures: dict[str, asyncio.Future[Any]] = {}
 
     async def __aenter__(self) -> RawClient:
@@ -153,11 +193,18 @@ class RawClient:
         self.casts = await self.connection.channel(publisher_confirms=True)
         self.call_exchange = await self.calls.get_exchange(RAW_EXCHANGE)
         self.cast_exchange = await self.casts.get_exchange(RAW_EXCHANGE)
-        reply_queue = await self.calls.declare_queue("amq.rabbitmq.reply-to", passive=True)
+        if self.reply_to == DIRECT_REPLY_TO:
+            reply_queue = await self.calls.declare_queue(self.reply_to, passive=True)
+        else:
+            reply_queue = await self.calls.declare_queue(
+                self.reply_to, arguments={"x-expires": 1_800_000}
+            )
         await reply_queue.consume(self._on_reply, no_ack=True)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.reply_to != DIRECT_REPLY_TO:
+            await self.calls.queue_delete(self.reply_to)
         await self.connection.close()
 
     async def _on_reply(self, message: Any) -> None:
@@ -174,7 +221,7 @@ class RawClient:
                 json.dumps({"method": method, "args": args}).encode(),
                 correlation_id=cid,
                 message_id=cid,
-                reply_to="amq.rabbitmq.reply-to",
+                reply_to=self.reply_to,
                 expiration=60,
             ),
             routing_key=self.topic,
@@ -195,13 +242,13 @@ class RawClient:
 
 
 class AiosvcClient:
-    def __init__(self, url: str, topic: str) -> None:
-        self.url, self.topic = url, topic
+    """An aiosvc ``RPCClient`` with the settings of implementation ``impl``."""
+
+    def __init__(self, url: str, topic: str, impl: str = "aiosvc") -> None:
+        self.url, self.topic, self.impl = url, topic, impl
 
     async def __aenter__(self) -> AiosvcClient:
-        settings = aiosvc.Settings.load(
-            transport_url=self.url, control_exchange=AIOSVC_EXCHANGE, rpc_response_timeout=60
-        )
+        settings = aiosvc_settings(self.impl, self.url, rpc_response_timeout=60)
         self._cm = aiosvc.connect(settings)
         transport = await self._cm.__aenter__()
         self.client = aiosvc.RPCClient(transport, self.topic)
@@ -275,8 +322,12 @@ async def run_one(impl: str, url: str, quick: bool) -> dict[str, float]:
         line = await asyncio.to_thread(server.stdout.readline)
         if line.strip() != "ready":
             raise RuntimeError(f"{impl} server did not start (exit {server.poll()})")
-        client_cls = RawClient if impl == "raw" else AiosvcClient
-        async with client_cls(url, topic) as client:
+        client: RawClient | AiosvcClient
+        if impl.startswith("raw"):
+            client = RawClient(url, topic, reply_queue=impl == "raw-reply-queue")
+        else:
+            client = AiosvcClient(url, topic, impl)
+        async with client:
             return await measure(client, quick)
     finally:
         server.terminate()
@@ -302,28 +353,35 @@ async def main_async(args: argparse.Namespace) -> None:
         node.start()
         url = node.url
     try:
-        results: dict[str, list[dict[str, float]]] = {"raw": [], "aiosvc": []}
+        impls = ["raw", "aiosvc", "aiosvc-oslo"]
+        impls += [extra for extra in EXTRAS if extra in (args.extra or ())]
+        results: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
         for run in range(args.runs):
-            order = ["raw", "aiosvc"] if run % 2 == 0 else ["aiosvc", "raw"]
-            for impl in order:
+            shift = run % len(impls)
+            for impl in impls[shift:] + impls[:shift]:
                 results[impl].append(await run_one(impl, url, args.quick))
                 print(f"run {run + 1} {impl}: {results[impl][-1]}", file=sys.stderr, flush=True)
     finally:
         if node is not None:
             node.close()
-    print(f"\nMedians of {args.runs} run(s); ratio = aiosvc / raw.\n")
-    print("| metric | raw aio-pika | aiosvc | ratio |")
-    print("|---|---:|---:|---:|")
+    print(f"\nMedians of {args.runs} run(s); ratio = the column before it / raw.\n")
+    ours = impls[1:]
+    print("| metric | raw aio-pika | " + " | ".join(f"{LABELS[i]} | ratio" for i in ours) + " |")
+    print("|---|---:|" + "---:|---:|" * len(ours))
     for key, label, _better in METRICS:
         raw = statistics.median(r[key] for r in results["raw"])
-        ours = statistics.median(r[key] for r in results["aiosvc"])
-        print(f"| {label} | {raw:,.2f} | {ours:,.2f} | {ours / raw:.2f}x |")
+        cells = [f"| {label} | {raw:,.2f} |"]
+        for impl in ours:
+            value = statistics.median(r[key] for r in results[impl])
+            cells.append(f" {value:,.2f} | {value / raw:.2f}x |")
+        print("".join(cells))
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         impl, url, topic = sys.argv[2:5]
-        asyncio.run(serve_raw(url, topic) if impl == "raw" else serve_aiosvc(url, topic))
+        raw = impl.startswith("raw")
+        asyncio.run(serve_raw(url, topic) if raw else serve_aiosvc(url, topic, impl))
         return
     # SIGTERM unwinds like Ctrl-C, so the throwaway broker is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -331,6 +389,13 @@ def main() -> None:
     parser.add_argument("--amqp-url", help="broker to use (default: start a throwaway node)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        choices=EXTRAS,
+        help="also measure this implementation: the oslo wire on oslo's default non-durable "
+        "queues, or the raw client with a reply queue instead of direct reply-to (repeatable)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 
