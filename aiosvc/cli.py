@@ -57,7 +57,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad command line is one line on stderr (exit status 2) like any error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # The message quotes arguments as given: a control character in one ("\r") would
+        # break the line, so it is shown escaped.
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {shown} (see {self.prog} --help)\n")
 
 
 def _setting(text: str) -> tuple[str, Any]:

@@ -139,7 +139,7 @@ def field_is_valid(name: str, value: Any) -> bool:
     if name == "method":
         return isinstance(value, str) and value != ""
     if name == "args":
-        return isinstance(value, dict)
+        return value is None or isinstance(value, dict)
     if name == "version":
         return value is None or (isinstance(value, str) and _is_version(value))
     if name == "namespace":
