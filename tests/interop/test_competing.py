@@ -104,6 +104,34 @@ async def test_aiosvc_and_oslo_services_compete_for_one_topic(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+async def test_a_service_whose_settings_differ_uses_what_oslo_declared(
+    *,
+    oslo: Oslo,
+    serve_aiosvc: ServeAiosvc,
+    aiosvc_client: AiosvcClient,
+    fresh_amqp_url: str,
+    rabbitmq: RabbitNode,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # oslo's defaults declared the exchange and queues non-durable; this service asks for
+    # durable ones: it starts anyway, on what exists, and says so once per name.
+    caplog.set_level(logging.WARNING, "aiosvc.transport.amqp.declare")
+    endpoint = await oslo.serve("oslo-a")
+    service = await serve_aiosvc("aiosvc-a", amqp_durable_queues=True)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "Exchange 'openstack' exists with other arguments" in warned
+    assert f"Queue {TOPIC!r} exists with other arguments" in warned
+    # It serves its share of the topic, beside the oslo server, on the transient queues.
+    client = await aiosvc_client()
+    for item in range(CASTS):
+        await client.cast(None, "record", item=item)
+    manager = compute(service)
+    await wait_until(lambda: len(manager.records) + len(endpoint.records) >= CASTS, timeout=30)
+    assert sorted(manager.records + endpoint.records) == list(range(CASTS))
+    assert manager.records, "the aiosvc service took none of the topic's casts"
+    assert _queue_durability(rabbitmq, fresh_amqp_url)[TOPIC] == (False, [])
+
+
 @pytest.mark.parametrize(("wire", "requeued"), [("oslo", 0), ("aiosvc", 1)])
 async def test_a_request_in_flight_when_its_service_dies_is_redelivered_per_wire(
     aiosvc_client: AiosvcClient, fresh_amqp_url: str, wire: str, requeued: int
