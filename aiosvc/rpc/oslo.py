@@ -47,6 +47,7 @@ from ..exceptions import MalformedMessage, NoSuchMethod, RemoteError, Unsupporte
 from .protocol import (
     Request,
     brief,
+    check_arguments,
     dumps,
     exception_text,
     parse_version,
@@ -187,11 +188,7 @@ def encode_request(
     try:
         return _envelope(message)
     except TypeError:
-        for name, value in args.items():
-            try:
-                dumps(value)
-            except TypeError as exc:
-                raise TypeError(f"argument {name!r} of {method}(): {exc}") from None
+        check_arguments(method, args)
         raise
 
 

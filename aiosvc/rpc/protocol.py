@@ -37,6 +37,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Request",
     "brief",
+    "check_arguments",
     "decode_reply",
     "decode_request",
     "dumps",
@@ -139,12 +140,21 @@ def encode_request(
             }
         )
     except TypeError:
-        for name, value in args.items():
-            try:
-                dumps(value)
-            except TypeError as exc:
-                raise TypeError(f"argument {name!r} of {method}(): {exc}") from None
+        check_arguments(method, args)
         raise
+
+
+def check_arguments(method: str, args: dict[str, Any]) -> None:
+    """Name the argument of ``method`` that has no JSON form (for a body that failed).
+
+    Raises:
+        TypeError: ``argument 'name' of method(): why``, for the first such argument.
+    """
+    for name, value in args.items():
+        try:
+            dumps(value)
+        except TypeError as exc:
+            raise TypeError(f"argument {name!r} of {method}(): {exc}") from None
 
 
 def decode_request(body: bytes) -> Request:
