@@ -2,7 +2,7 @@
 
 Layers (imports point down this list only; docs/architecture.md draws them)::
 
-    leaves   exceptions, settings, context, loading, log, clock, tasks, backends
+    leaves   exceptions, settings, context, loading, log, loops, clock, tasks, backends, tracing
     logic    periodic, rpc.protocol, rpc.dispatcher, manager, scheduler   (no aio-pika, no asyncpg)
     edges    transport/ (memory, amqp), store/ (memory, postgres)   chosen by URL scheme
     wiring   rpc.client, rpc.server, servicegroup, connections, capabilities, service, launcher
@@ -12,6 +12,7 @@ Layers (imports point down this list only; docs/architecture.md draws them)::
 
 from .context import Context as Context
 from .exceptions import AiosvcError as AiosvcError
+from .exceptions import CastsFailed as CastsFailed
 from .exceptions import ConfigError as ConfigError
 from .exceptions import InvalidArguments as InvalidArguments
 from .exceptions import InvalidTarget as InvalidTarget
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 from .launcher import launch as launch
 from .loading import load_object as load_object
+from .loops import loop_factory as loop_factory
 from .manager import Manager as Manager
 from .periodic import periodic_task as periodic_task
 from .rpc.client import RPCClient as RPCClient
@@ -47,6 +49,7 @@ from .transport import connect as connect
 
 __all__ = [
     "AiosvcError",
+    "CastsFailed",
     "ConfigError",
     "Context",
     "HostCapabilities",
@@ -77,5 +80,6 @@ __all__ = [
     "connect",
     "launch",
     "load_object",
+    "loop_factory",
     "periodic_task",
 ]

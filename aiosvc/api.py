@@ -11,7 +11,11 @@ The application reaches the managers through the service's own connections, hand
 it in every scope (requests and lifespan): ``scope["state"]["aiosvc"]`` is the running
 service's :class:`~aiosvc.connections.Connections` (``request.state.aiosvc`` in
 Starlette), so ``.rpc_client("volume")`` gives an RPC client on the service's transport.
-No global state, and no connection of the application's own.
+No global state, and no connection of the application's own. With metrics on
+(``metrics_port`` set, :mod:`aiosvc.metrics`), ``/metrics`` is answered with the
+process's metrics, before the application sees it. With tracing on (:mod:`aiosvc.tracing`),
+each HTTP request is a span, the child of its ``traceparent`` header, and the parent of the
+calls the application makes while answering it.
 
 Readiness: the socket is bound first, before anything is connected (a port in use fails
 at once, in one line), and ``start()`` returns once the record is written and the server
@@ -39,11 +43,13 @@ from typing import Any, Self, cast
 import anyio
 from anyio.abc import TaskStatus
 
+from . import tracing
 from .clock import Clock
 from .connections import Connections
 from .exceptions import ConfigError, LoadError, ServiceError
 from .loading import load_object
 from .manager import Manager
+from .metrics import asgi_app
 from .service import Server, Service
 from .settings import Settings
 from .store import ServiceStore
@@ -118,16 +124,43 @@ class _WithConnections:
     """Hands ``connections`` to the application in every scope: ``scope["state"]["aiosvc"]``.
 
     uvicorn gives each request a copy of the lifespan's state, so the lifespan sees them
-    too (and a Starlette app reads ``request.state.aiosvc``).
+    too (and a Starlette app reads ``request.state.aiosvc``). With ``metrics`` (an ASGI
+    app), ``/metrics`` is answered by it, not by the application.
     """
 
-    def __init__(self, app: ASGIApp, connections: Connections) -> None:
+    def __init__(
+        self, app: ASGIApp, connections: Connections, metrics: ASGIApp | None = None
+    ) -> None:
         self.app = app
         self.connections = connections
+        self.metrics = metrics
+        self.traced = connections.settings.tracing and tracing.available()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.metrics is not None and scope["type"] == "http" and scope["path"] == "/metrics":
+            await self.metrics(scope, receive, send)
+            return
         scope.setdefault("state", {})["aiosvc"] = self.connections
-        await self.app(scope, receive, send)
+        if self.traced and scope["type"] == "http":
+            await _traced(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def _traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one HTTP request in its span (:func:`aiosvc.tracing.http_request`), with the
+    response's status: calls the application makes are children of the request's trace."""
+    method = scope.get("method", "GET")
+    with tracing.http_request(True, method, scope.get("path", ""), scope["headers"]) as span:
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                error = f"HTTP {status}" if status >= 500 else None
+                span.set("http.response.status_code", status, error=error)
+            await send(message)
+
+        await app(scope, receive, send_status)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -170,6 +203,11 @@ class HTTPServer:
     def in_flight(self) -> int:
         """Requests being handled now."""
         return len(self._server.server_state.tasks)
+
+    @property
+    def serving(self) -> bool:
+        """Whether requests are served now (started, and not stopping)."""
+        return self._server.started and not self._server.should_exit and not self._done.is_set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`stop`; ``task_status.started()`` once requests are served."""
@@ -247,6 +285,8 @@ class APIService(Service):
             parent's); the service takes it over. By default it binds ``api_listen``:
             ``api_port`` when it starts.
     """
+
+    serving_check = ("http", "not serving HTTP")
 
     def __init__(
         self,
@@ -344,7 +384,8 @@ class APIService(Service):
     def _make_server(self) -> Server:
         assert self.app is not None and self._socket is not None
         assert self.connections is not None
-        app = _WithConnections(self.app, self.connections)
+        metrics = cast(ASGIApp, asgi_app()) if self.metrics is not None else None
+        app = _WithConnections(self.app, self.connections, metrics)
         self.http_server = HTTPServer(app, self._socket, self.settings)
         return self.http_server
 

@@ -16,13 +16,14 @@ import logging
 import math
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
 
-from . import __version__
+from . import __version__, loops
 from .exceptions import AiosvcError, ConfigError, MalformedMessage, ServiceError
 from .launcher import launch
 from .loading import load_object
@@ -32,7 +33,7 @@ from .rpc.client import RPCClient
 from .rpc.protocol import decode_request, parse_version
 from .service import CLOSE_TIMEOUT, Service
 from .settings import Settings, redact_url
-from .store import ServiceStore, get_store, store_class
+from .store import ServiceRecord, ServiceStore, get_store, store_class
 from .tasks import unwrap_group
 from .transport import Transport, connect, get_transport, transport_class
 from .transport.topology import check_name, dead_letter_exchange
@@ -85,6 +86,16 @@ def _positive_seconds(text: str) -> float:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return seconds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return number
 
 
 def _queue_name(kind: str) -> Callable[[str], str]:
@@ -252,6 +263,19 @@ def _build_parser() -> argparse.ArgumentParser:
             cmd.add_argument(
                 "--fanout", action="store_true", help="cast to every service of the topic"
             )
+            many = cmd.add_mutually_exclusive_group()
+            many.add_argument(
+                "--repeat",
+                type=_positive_int,
+                metavar="N",
+                help="send the cast N times, confirms pipelined (RPCClient.batch)",
+            )
+            many.add_argument(
+                "--jsonl",
+                metavar="FILE",
+                help="one cast per line of FILE ('-': stdin), each a JSON object of arguments "
+                "added to the ARGs; confirms pipelined (RPCClient.batch)",
+            )
         cmd.set_defaults(func=_cmd_call if name == "call" else _cmd_cast)
 
     services = sub.add_parser("services", help="list services and change their admin state")
@@ -378,6 +402,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"broker, and {redact_url(base.transport_url)} lives in one process only: "
                 "set AIOSVC_TRANSPORT_URL (or --transport-url) to amqp://..."
             )
+        if args.workers > 1 and base.metrics_port:
+            raise UsageError(
+                f"--workers {args.workers}: each worker process serves its own metrics, and "
+                f"cannot share metrics_port {base.metrics_port}: set metrics_port=0 (each "
+                "worker logs its port) or run one process per port"
+            )
         # Built here only to fail early, in one line; each worker builds its own.
         services = _services(args, base, classes, app)
         return _run_workers(args, base, len(services))
@@ -387,7 +417,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     services = _services(args, base, classes, app, transport=transport, store=store)
     link = ParentLink(args.parent_fd) if args.parent_fd is not None else None
     try:
-        return asyncio.run(_serve(services, transport, store, link))
+        return loops.run(_serve(services, transport, store, link), base)
     except (AiosvcError, OSError):
         raise
     except Exception as exc:
@@ -455,6 +485,7 @@ async def _serve(
                     tg.start_soon(store.connect)
             except BaseException as exc:
                 raise unwrap_group(exc) from None
+            log.info("Event loop: %s", loops.loop_name(asyncio.get_running_loop()))
             return await launch(
                 *services,
                 restore_signals=False,  # this process exits next: later signals change nothing
@@ -539,8 +570,59 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 def _cmd_cast(args: argparse.Namespace) -> int:
     kwargs = _call_args(args.args)
-    asyncio.run(_with_client(args, lambda c: c.cast(None, args.method, **kwargs)))
+    if args.repeat is None and args.jsonl is None:
+        asyncio.run(_with_client(args, lambda c: c.cast(None, args.method, **kwargs)))
+        return EXIT_OK
+    lines = _jsonl_lines(args.jsonl) if args.jsonl is not None else None
+    count = args.repeat
+    started = time.perf_counter()
+
+    async def send(client: RPCClient) -> int:
+        async with client.batch() as batch:
+            if lines is None:
+                for _ in range(count):
+                    await batch.cast(None, args.method, **kwargs)
+            else:
+                for number, line in lines:
+                    extra = _jsonl_arguments(args.jsonl, number, line, batch.sent)
+                    await batch.cast(None, args.method, **(kwargs | extra))
+        return batch.sent
+
+    sent = asyncio.run(_with_client(args, send))
+    took = time.perf_counter() - started
+    print(
+        f"{sent} cast(s) of {args.method} confirmed in {took:.2f} s ({sent / took:.0f}/s)",
+        file=sys.stderr,
+    )
     return EXIT_OK
+
+
+def _jsonl_lines(path: str) -> Iterator[tuple[int, str]]:
+    """The numbered, non-blank lines of ``path`` (stdin for ``-``), read as they are sent."""
+    try:
+        stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"--jsonl {path}: {exc.strerror}") from None
+    with stream if path != "-" else contextlib.nullcontext(stream):
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                yield number, line
+
+
+def _jsonl_arguments(path: str, number: int, line: str, sent: int) -> dict[str, Any]:
+    """The arguments on one ``--jsonl`` line; a bad line stops the batch, naming it."""
+    try:
+        value = json.loads(line)
+    except ValueError as exc:
+        problem = f"not JSON ({getattr(exc, 'msg', exc)})"
+    else:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return value
+        problem = f"a JSON {type(value).__name__}, not an object of arguments"
+    raise UsageError(
+        f"--jsonl {path} line {number}: {problem}; "
+        f"stopped there; the {sent} cast(s) before it were sent"
+    )
 
 
 # -- services / db
@@ -571,7 +653,17 @@ def _cmd_services_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return EXIT_OK
-    columns = ("Id", "Binary", "Host", "Topic", "Status", "State", "Updated At", "Disabled Reason")
+    columns = (
+        "Id",
+        "Binary",
+        "Host",
+        "Topic",
+        "Status",
+        "State",
+        "Updated At",
+        "Disabled Reason",
+        "Working",
+    )
     rows = [
         (
             str(r.id),
@@ -584,11 +676,22 @@ def _cmd_services_list(args: argparse.Namespace) -> int:
             _qualified(r.state, ("forced", r.forced_down), ("stopped", r.stopped)),
             (r.last_seen_up or r.updated_at or r.created_at).isoformat(timespec="seconds"),
             r.disabled_reason or "-",
+            _working(r),
         )
         for r in records
     ]
     print(_table(columns, rows))
     return EXIT_OK
+
+
+def _working(record: ServiceRecord) -> str:
+    """``yes``, ``no: broker, periodic`` (the checks that failed), or ``-``: not known (not
+    reported yet, an older aiosvc) or stale (the service is down)."""
+    if record.working is None or not record.is_up:
+        return "-"
+    if record.working:
+        return "yes"
+    return "no: " + ", ".join(record.problems) if record.problems else "no"
 
 
 def _qualified(state: str, *reasons: tuple[str, bool]) -> str:

@@ -18,7 +18,8 @@ Each error also subclasses the builtin a user would already catch, so
         ├── UnsupportedVersion                     no compatible API version on the server
         ├── NoSuchMethod (AttributeError)          the method is unknown or not callable
         ├── InvalidArguments (TypeError)           arguments do not fit the method's hints
-        └── RemoteError                            the remote method raised
+        ├── RemoteError                            the remote method raised
+        └── CastsFailed                            casts of a batch that were not confirmed
 
 Nova: ``oslo_messaging.exceptions`` and ``nova.exception``.
 """
@@ -26,9 +27,11 @@ Nova: ``oslo_messaging.exceptions`` and ``nova.exception``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "AiosvcError",
+    "CastsFailed",
     "ConfigError",
     "InvalidArguments",
     "InvalidTarget",
@@ -131,3 +134,51 @@ class RemoteError(RPCError):
         self.value = value
         self.traceback = list(traceback)
         super().__init__(f"{exc_type}: {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class CastFailure:
+    """One message of a batch that the broker did not confirm (see :class:`CastsFailed`)."""
+
+    position: int
+    """Its place in the batch, counting from 0 in the order it was sent."""
+    method: str
+    message_id: str
+    error: BaseException
+    """The exception that says what went wrong. ``MessageUndeliverable`` when no queue is
+    bound, ``TransportError`` when the broker refused it or the connection dropped before
+    the confirm (the broker may or may not have it), or a cancellation."""
+
+    def __str__(self) -> str:
+        return f"#{self.position} {self.method} (message {self.message_id}): {self.error}"
+
+
+class CastsFailed(RPCError):
+    """Raised when a batch of casts ends and some of its messages were not confirmed.
+
+    ``failures`` lists each (:class:`CastFailure`: position, method, message id, error);
+    every other message of the batch was confirmed by the broker. (Raised by a remote
+    method, it comes back to its caller with the message only.)
+    """
+
+    SHOWN = 5
+    """How many failures the message names; ``failures`` has them all."""
+
+    def __init__(
+        self, message: str, failures: Sequence[CastFailure] = (), *, sent: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
+        self.sent = sent
+
+    @classmethod
+    def of(cls, failures: Sequence[CastFailure], *, sent: int) -> CastsFailed:
+        """The error for a batch of ``sent`` casts of which ``failures`` were not confirmed."""
+        shown = "; ".join(str(f) for f in failures[: cls.SHOWN])
+        more = len(failures) - cls.SHOWN
+        return cls(
+            f"{len(failures)} of {sent} cast(s) not confirmed: {shown}"
+            + (f"; and {more} more" if more > 0 else ""),
+            failures,
+            sent=sent,
+        )

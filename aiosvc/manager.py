@@ -50,7 +50,9 @@ __all__ = ["HOOKS", "Manager", "default_binary"]
 log = logging.getLogger(__name__)
 
 
-HOOKS = frozenset({"init_host", "pre_start_hook", "post_start_hook", "cleanup_host", "reset"})
+HOOKS = frozenset(
+    {"init_host", "pre_start_hook", "post_start_hook", "cleanup_host", "reset", "is_working"}
+)
 """The methods a subclass overrides to be called by its service (never callable over RPC)."""
 
 
@@ -160,6 +162,19 @@ class Manager:
 
     async def reset(self) -> None:
         """Re-read dynamic configuration; called on SIGHUP."""
+
+    async def is_working(self) -> bool | str:
+        """Whether this manager can do its work now (its driver is ready, say).
+
+        Asked at every state report; the answer is the ``driver`` check of the service's
+        health (``services list`` shows it). ``True`` (or ``""``) means yes; ``False``, or
+        a string saying why (``"disk full"``), means no. An exception, or no answer
+        within a few seconds, counts as no, with what happened. The service stays up
+        whatever the answer (Nova's ``is_up``); unlike Cinder's, its reports go on.
+
+        Cinder: ``Manager.is_working`` (the volume manager's ``driver.initialized``).
+        """
+        return True
 
     # -- periodic tasks
 

@@ -32,14 +32,18 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import anyio
 
+from . import tracing
 from .clock import Clock, MonotonicClock
 from .context import Context, use_context
 from .settings import Settings
 from .tasks import as_async, cancel_requested
+
+if TYPE_CHECKING:
+    from .metrics import TaskMetrics
 
 __all__ = [
     "PeriodicRunner",
@@ -146,6 +150,10 @@ class PeriodicTask:
     failures: int = 0
     missed: int = 0
     last_duration: float | None = None
+    metrics: TaskMetrics | None = field(default=None, repr=False)
+    """Where its runs are counted, when the service has metrics on."""
+    traced: bool = field(default=False, repr=False)
+    """Whether each run is an OpenTelemetry span (the ``tracing`` setting)."""
     _lock: anyio.Lock = field(default_factory=anyio.Lock, repr=False)
 
     def schedule_first(self, now: float, fuzzy_delay: float = 0.0) -> None:
@@ -179,9 +187,10 @@ class PeriodicTask:
         """Run the task now, never alongside another run of itself; True if it succeeded."""
         async with self._lock:
             started = clock.now()
+            runs, failures = self.runs, self.failures
             ctx = Context.admin()
             try:
-                with use_context(ctx):
+                with use_context(ctx), tracing.periodic_run(self.traced, self.name, ctx):
                     log.debug("Running periodic task %s", self.name)
                     await self.func(ctx)
                 self.runs += 1
@@ -201,6 +210,8 @@ class PeriodicTask:
                 return False
             finally:
                 self.last_duration = clock.now() - started
+                if self.metrics is not None and self.runs != runs:
+                    self.metrics.ran(self.last_duration, failed=self.failures != failures)
 
     async def run_slot(self, clock: Clock, *, raise_on_error: bool = False) -> None:
         """Run the task for its due slot, then move its schedule on (see :meth:`advance`).
@@ -209,6 +220,8 @@ class PeriodicTask:
         moves ``last_run`` before running): it is not due again at once.
         """
         started = clock.now()
+        if self.metrics is not None and self.next_run is not None:
+            self.metrics.late(started - self.next_run)
         try:
             await self.run_once(clock, raise_on_error=raise_on_error)
         finally:
@@ -253,6 +266,7 @@ class PeriodicRunner:
                     spacing=spec.spacing or settings.periodic_interval,
                     run_immediately=spec.run_immediately,
                     func=as_async(getattr(owner, attr)),
+                    traced=settings.tracing,
                 )
             )
         self._stopping = False

@@ -19,33 +19,41 @@ What serves the work is a :class:`Server`: an RPC server on the topic here; an
 Everything a service starts lives in its anyio task group. A background task that
 crashes is logged and stops the service; :meth:`Service.wait` then raises its error.
 
+Health: at each state report the service tells, beside being alive, whether it can work
+(:meth:`Service.health`): its consumers are attached (an API service: its HTTP server
+serves), its broker is connected, no periodic task is overdue, and its manager's
+:meth:`~aiosvc.Manager.is_working` says yes. The store keeps it with the report.
+
 Nova: ``nova.service.Service``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
-from typing import Any, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import anyio
 from anyio.abc import TaskStatus
 
+from . import loopwatch
 from .capabilities import CapabilityPublisher
 from .clock import Clock
 from .connections import Connections
 from .exceptions import ConfigError, ServiceError, ServiceNotFound
 from .loading import load_object
-from .log import current_service
+from .log import current_service, one_line
 from .manager import Manager, default_binary
+from .metrics import ServiceMetrics, require_prometheus, serve_metrics
 from .rpc.dispatcher import Dispatcher
 from .rpc.server import RPCServer
 from .scheduler import SchedulerManager
 from .servicegroup import ServiceGroup
 from .settings import Settings
 from .store import ServiceStore, get_store
-from .store.base import ServiceRecord
+from .store.base import OK, ServiceRecord
 from .tasks import unwrap_group
 from .transport import Transport, get_transport, topology
 
@@ -55,6 +63,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 10.0
 """Seconds a stopping service waits for its transport and store to close."""
+
+_REASON_LENGTH = 200  # the most of a health check's reason that is kept
 
 
 class Server(Protocol):
@@ -74,6 +84,11 @@ class Server(Protocol):
     async def stop(self, timeout: float | None = None) -> object:
         """Stop accepting, let work in flight finish within ``timeout``, then close."""
 
+    @property
+    def serving(self) -> bool:
+        """Whether work reaches it now (for the service's health; cheap, no I/O)."""
+        ...
+
 
 class Service:
     """A running manager: its RPC consumers, periodic tasks and liveness reports.
@@ -83,6 +98,10 @@ class Service:
     connected nor closed by the service); otherwise the service makes its own from
     ``settings.transport_url`` and ``settings.database_url``.
     """
+
+    serving_check: ClassVar[tuple[str, str]] = ("consumers", "not attached to its queues")
+    """The name of the health check of the service's server (its RPC consumers, or an API
+    service's HTTP server), and what that check says when it fails."""
 
     def __init__(
         self,
@@ -117,6 +136,10 @@ class Service:
         # Built now, so a manager whose methods cannot be served fails here, before any
         # connection is opened (ServiceError naming the method, TypeError for a signature).
         self._dispatcher = Dispatcher(manager)
+        if self.settings.metrics_port is not None:
+            require_prometheus()  # the missing extra fails here, before anything starts
+        self.metrics: ServiceMetrics | None = None
+        """What it counts, while it runs with ``metrics_port`` set (:mod:`aiosvc.metrics`)."""
         self.record: ServiceRecord | None = None
         self.started = False
         self._stop_requested = anyio.Event()
@@ -193,8 +216,11 @@ class Service:
             raise ServiceError(f"{self!r} was already started; create a new Service")
         label = current_service.set(f"{self.topic}@{self.host}")
         hooks_ran = False
+        threshold = self.settings.loop_block_warning
+        watch = loopwatch.acquire(threshold) if threshold > 0 else None
         try:
             log.info("Starting %s node %s on host %s", self.topic, self.binary, self.host)
+            self.metrics = serve_metrics(self.settings, self.topic, self._dispatcher.endpoints)
             await self._connect()
             assert self.store is not None and self.transport is not None
             try:
@@ -209,6 +235,7 @@ class Service:
             self.manager.service_record = self.record
             await self.manager.pre_start_hook()
             self.server = self._make_server()
+            self._count_in(self.metrics)
             await self._run(task_status)
         except BaseException as exc:
             raise unwrap_group(exc) from None
@@ -224,6 +251,11 @@ class Service:
             self._cleanup_scope = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                 await self._close()
+            if self.metrics is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.metrics.close()  # the endpoint stops with the last service
+            if watch is not None:
+                loopwatch.release(watch)
             self.started = False
             log.info("Stopped %s node %s", self.topic, self.binary)
             current_service.reset(label)
@@ -261,6 +293,7 @@ class Service:
                 self.servicegroup.join,
                 self.record,
                 self._on_report,
+                self.health,
                 name=f"report_state {self.binary}",
             )
             self.started = True
@@ -302,9 +335,78 @@ class Service:
         )
         return self.rpc_server
 
+    def _count_in(self, metrics: ServiceMetrics | None) -> None:
+        """Have the RPC server, the periodic tasks and the state reports count in ``metrics``."""
+        if metrics is None:
+            return
+        assert self.servicegroup is not None
+        self.servicegroup.metrics = metrics
+        for task in self.manager.periodic.tasks:
+            task.metrics = metrics.task(task.name)
+        server = self.rpc_server
+        if server is not None:
+            server.metrics = metrics
+            metrics.watch_in_flight(lambda: server.in_flight)
+
     def _serving(self) -> str:
         """What the service serves, for the log line that says it started."""
         return f"consuming {self.topic}, {self.topic}.{self.host}, {self.topic}_fanout"
+
+    async def health(self) -> dict[str, str]:
+        """Whether this service can work now: each check's result, ``"ok"`` or what is wrong.
+
+        Asked at every state report and stored with it (``services list`` shows it):
+
+        * ``consumers`` (``http`` for an API service): work reaches it, its consumers
+          attached to their queues (the shared one left out while disabled);
+        * ``broker``: its transport is connected;
+        * ``periodic``: no periodic task is overdue by more than twice its spacing (and at
+          least ``report_interval``), e.g. one stuck in a run that never ends;
+        * ``driver``: the manager's :meth:`~aiosvc.Manager.is_working`.
+
+        Cheap and bounded: only ``is_working`` may wait, at most ``max(1, min(5,
+        report_interval / 2))`` seconds.
+        """
+        check, failed = self.serving_check
+        server, transport = self.server, self.transport
+        return {
+            check: OK if server is not None and server.serving else failed,
+            "broker": OK if transport is not None and transport.connected else "not connected",
+            "periodic": self._periodic_health(),
+            "driver": await self._driver_health(),
+        }
+
+    def _periodic_health(self) -> str:
+        if not self.settings.periodic_enable:
+            return OK  # nothing runs them here (an embedder may call periodic_tasks())
+        runner = self.manager.periodic
+        now = runner.clock.now()
+        late = []
+        for task in runner.tasks:
+            if task.next_run is None:
+                continue
+            overdue = now - task.next_run
+            if overdue > max(2 * task.spacing, self.settings.report_interval):
+                late.append(f"{task.name} overdue by {overdue:.1f}s (spacing {task.spacing:g}s)")
+        return _reason("; ".join(late)) if late else OK
+
+    async def _driver_health(self) -> str:
+        timeout = max(1.0, min(5.0, self.settings.report_interval / 2))
+        answer: object = None
+        with anyio.move_on_after(timeout) as scope:
+            try:
+                answer = self.manager.is_working()
+                if inspect.isawaitable(answer):
+                    answer = await answer
+            except Exception as exc:
+                return _reason(f"is_working() raised {type(exc).__name__}: {one_line(exc)}")
+        if scope.cancelled_caught:
+            return f"is_working() gave no answer within {timeout:g}s"
+        if answer is True or answer == "":
+            return OK
+        if answer is False or answer is None:
+            return "not working"
+        return _reason(str(answer))
 
     async def _on_report(self, record: ServiceRecord) -> None:
         previous, self.record = self.record, record
@@ -462,6 +564,12 @@ class Service:
             f"<Service {self.binary} topic={self.topic!r} host={self.host!r} "
             f"manager={type(self.manager).__name__}>"
         )
+
+
+def _reason(text: str) -> str:
+    """A health check's reason: one line, bounded."""
+    text = " ".join(text.split()) or "not working"
+    return text if len(text) <= _REASON_LENGTH else text[: _REASON_LENGTH - 3] + "..."
 
 
 async def _close_quietly(resource: Any, what: str) -> None:

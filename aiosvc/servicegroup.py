@@ -12,6 +12,12 @@ logged once at INFO, while the service keeps serving RPC and periodic tasks.
 A graceful stop calls :meth:`ServiceGroup.leave`: the record is marked stopped, so the
 service is down at once (a crashed one turns down after ``service_down_time``).
 
+Each report also carries the service's health, when :meth:`ServiceGroup.join` is given a
+probe (:meth:`aiosvc.Service.health`): each check's result, stored with ``working`` in
+the same statement. A service that stops working is logged once at WARNING, naming the
+checks that failed, and once at INFO when it works again. Being up is unchanged by it
+(Nova's ``is_up``); Cinder instead skips the heartbeat while ``is_working()`` is false.
+
 Nova: ``nova.servicegroup.api.API`` and ``nova.servicegroup.drivers.db.DbDriver``
 (``join``, ``_report_state``, ``is_up``).
 """
@@ -19,15 +25,16 @@ Nova: ``nova.servicegroup.api.API`` and ``nova.servicegroup.drivers.db.DbDriver`
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 
 from .clock import Clock, MonotonicClock
 from .exceptions import ServiceNotFound
 from .log import one_line
+from .metrics import ServiceMetrics
 from .settings import Settings
-from .store.base import ServiceRecord, ServiceStore
+from .store.base import ServiceRecord, ServiceStore, failed_checks
 
 __all__ = ["ServiceGroup"]
 
@@ -37,6 +44,8 @@ LEAVE_TIMEOUT = 5.0
 """Seconds :meth:`ServiceGroup.leave` waits for the store before giving up."""
 
 StateCallback = Callable[[ServiceRecord], Awaitable[None]]
+HealthProbe = Callable[[], Awaitable[Mapping[str, str]]]
+"""Returns each health check's result (``"ok"`` or what is wrong); bounds its own time."""
 
 
 class ServiceGroup:
@@ -50,6 +59,9 @@ class ServiceGroup:
         # Why reports fail ("gone" or "unreachable"): each kind is logged once, so a record
         # deleted while the store was unreachable is still reported when it comes back.
         self._failure: str | None = None
+        self.metrics: ServiceMetrics | None = None  # counts join()'s reports, if set
+        # The names of the failed health checks last logged: a change is logged, once.
+        self._failed: list[str] = []
 
     async def is_up(self, record: ServiceRecord) -> bool:
         """Whether the service of ``record`` is up now (re-read from the store)."""
@@ -64,15 +76,23 @@ class ServiceGroup:
         """The live services matching the filters, each with ``is_up``."""
         return await self.store.list(topic=topic, host=host, binary=binary)
 
-    async def report_state(self, record: ServiceRecord) -> ServiceRecord | None:
-        """One heartbeat; the updated record, or ``None`` when it could not be written.
+    async def report_state(
+        self, record: ServiceRecord, *, health: Mapping[str, str] | None = None
+    ) -> ServiceRecord | None:
+        """One heartbeat, with ``health`` if given; the updated record, or ``None`` when it
+        could not be written.
 
         Never raises (besides cancellation): Nova's zombie-service bug (1517926) was an
         exception escaping this and killing the timer.
         """
+        if health is not None:
+            self._log_health(record, health)
         try:
             with anyio.fail_after(max(self.settings.report_interval, 1.0)):
-                fresh = await self.store.report(record.id)
+                if health is None:
+                    fresh = await self.store.report(record.id)
+                else:
+                    fresh = await self.store.report(record.id, health=health)
         except ServiceNotFound:
             if self._failure != "gone":
                 log.error(
@@ -101,6 +121,34 @@ class ServiceGroup:
             self._failure = None
             log.info("Recovered: reporting the state of %s again", record.binary)
         return fresh
+
+    async def _probe(
+        self, record: ServiceRecord, health: HealthProbe | None
+    ) -> Mapping[str, str] | None:
+        """The probe's answer; ``None`` (the report goes without) if it failed, logged."""
+        if health is None:
+            return None
+        try:
+            return await health()
+        except Exception:
+            log.exception("Error while checking the health of %s", record.binary)
+            return None
+
+    def _log_health(self, record: ServiceRecord, health: Mapping[str, str]) -> None:
+        """Log a change of which checks fail (WARNING) or the recovery (INFO), once each."""
+        problems = failed_checks(health)
+        if list(problems) == self._failed:
+            return
+        if problems:
+            log.warning(
+                "%s on host %s is not working: %s",
+                record.binary,
+                record.host,
+                "; ".join(f"{name}: {why}" for name, why in problems.items()),
+            )
+        else:
+            log.info("%s on host %s is working again", record.binary, record.host)
+        self._failed = list(problems)
 
     async def leave(
         self, record: ServiceRecord, *, timeout: float | None = None
@@ -131,11 +179,17 @@ class ServiceGroup:
             )
         return None
 
-    async def join(self, record: ServiceRecord, on_report: StateCallback | None = None) -> None:
+    async def join(
+        self,
+        record: ServiceRecord,
+        on_report: StateCallback | None = None,
+        health: HealthProbe | None = None,
+    ) -> None:
         """Report now, then every ``report_interval`` seconds until cancelled.
 
         ``on_report`` gets each record written, so the service can follow admin changes
-        such as ``disabled``.
+        such as ``disabled``. ``health`` is asked before each report, and its answer
+        written with it.
         """
         interval = self.settings.report_interval
         if not interval:
@@ -143,7 +197,9 @@ class ServiceGroup:
         next_at = self.clock.now()
         while True:
             await self.clock.sleep_until(next_at)
-            fresh = await self.report_state(record)
+            fresh = await self.report_state(record, health=await self._probe(record, health))
+            if self.metrics is not None:
+                self.metrics.state_reported(fresh is not None)
             if fresh is not None:
                 record = fresh
                 if on_report is not None:

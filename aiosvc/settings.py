@@ -142,6 +142,18 @@ class Settings(BaseSettings):
         description="RPC message format: aiosvc's own, or oslo.messaging's (to join an "
         "OpenStack deployment; AMQP only); see docs/interop.md",
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="Event loop of `python -m aiosvc run`: uvloop when installed "
+        "(aiosvc[uvloop]) with auto, or always asyncio's, or always uvloop's",
+    )
+    loop_block_warning: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds the event loop may go without running before a WARNING names "
+        "the handler or periodic task holding it, with its stack; 0 turns the alarm off",
+    )
     allowed_remote_exceptions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules or classes whose remote exceptions are re-raised as themselves "
@@ -154,8 +166,24 @@ class Settings(BaseSettings):
     api_port: int = Field(
         8080, ge=0, le=65535, description="Port an API service listens on; 0 picks a free one"
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port the process serves Prometheus metrics on, at /metrics "
+        "(aiosvc[metrics]); 0 picks a free one; unset: no metrics",
+    )
+    metrics_listen: str = Field(
+        "127.0.0.1", description="IP address the metrics endpoint listens on"
+    )
     log_level: LogLevel = Field(
         "INFO", description="Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    )
+    tracing: bool = Field(
+        True,
+        description="OpenTelemetry spans for calls, casts, their handling and periodic runs, "
+        "with W3C trace context in message headers, when opentelemetry-api is installed "
+        "(aiosvc[tracing]); see docs/observability.md",
     )
 
     # The --config file these settings were read from, so upgrade() reads it again.
@@ -181,12 +209,12 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("rpc_wire", mode="before")
+    @field_validator("rpc_wire", "event_loop", mode="before")
     @classmethod
     def _lower_wire(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("api_listen")
+    @field_validator("api_listen", "metrics_listen")
     @classmethod
     def _ip_address(cls, value: str) -> str:
         try:

@@ -92,6 +92,41 @@ def test_fanout_cast_reaches_both(env: dict[str, str], topic: str, journal_path:
     assert sorted(e["host"] for e in entries if e["event"] == "record") == ["host-a", "host-b"]
 
 
+@pytest.mark.usefixtures("two_services")
+def test_cast_cli_sends_many_casts_with_pipelined_confirms(
+    env: dict[str, str], topic: str, journal_path: Path, tmp_path: Path
+) -> None:
+    lines = tmp_path / "casts.jsonl"
+    lines.write_text("".join(json.dumps({"item": i}) + "\n" for i in range(200)) + "\n")
+    done = run_cli(["cast", topic, "record", "--jsonl", str(lines)], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("200 cast(s) of record confirmed in "), done.stderr
+    done = run_cli(["cast", topic, "record", "item:=-1", "--repeat", "30"], env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("30 cast(s) of record confirmed in "), done.stderr
+
+    def recorded(entries: list[dict[str, Any]]) -> list[int]:
+        return [e["item"] for e in entries if e["event"] == "record"]
+
+    entries = wait_journal(journal_path, lambda es: len(recorded(es)) >= 230)
+    assert sorted(recorded(entries)) == [-1] * 30 + list(range(200))
+
+
+def test_cast_cli_stops_at_a_bad_jsonl_line_naming_it(
+    env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    lines = tmp_path / "casts.jsonl"
+    lines.write_text('{"item": 1}\n[2]\n{"item": 3}\n')
+    with aiosvc_proc(["run", "--manager", "tests.apps:Journaling", "--topic", topic], env) as proc:
+        proc.wait_for("Started")
+        done = run_cli(["cast", topic, "record", "--jsonl", str(lines)], env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"aiosvc: error: UsageError: --jsonl {lines} line 2: a JSON list, not an object of "
+        "arguments; stopped there; the 1 cast(s) before it were sent"
+    ]
+
+
 def test_call_cli_reports_invalid_arguments_and_service_keeps_serving(env: dict[str, str]) -> None:
     # The acceptance's own command, on the default exchange: queue names are per vhost, so
     # the `volume` queue must keep the dead-letter exchange every other test declares it with.

@@ -39,7 +39,17 @@ from aiosvc.testing import wait_until
 from tests.servers import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ["Id", "Binary", "Host", "Topic", "Status", "State", "Updated At", "Disabled Reason"]
+COLUMNS = [
+    "Id",
+    "Binary",
+    "Host",
+    "Topic",
+    "Status",
+    "State",
+    "Updated At",
+    "Disabled Reason",
+    "Working",
+]
 VOLUME = "aiosvc-volume"
 #: Bound of one command-line process (a cold start of the interpreter takes ~1 s).
 CLI_TIMEOUT = 60.0
@@ -265,7 +275,7 @@ async def test_disable_with_reason_then_enable_clears_it(
     assert (record.disabled, record.disabled_reason) == (True, "kernel upgrade")
     _, rows = parse_table((await cli(capsys, "services", "list", "--host", "host-a", *url)).out)
     assert [row[4:] for row in rows if row[1] == VOLUME] == [
-        ["disabled", "up", rows[0][6], "kernel upgrade"]
+        ["disabled", "up", rows[0][6], "kernel upgrade", "-"]
     ]
 
     result = await cli(capsys, "services", "enable", "host-a", VOLUME, *url)

@@ -28,6 +28,7 @@ PACKAGE = Path(aiosvc.__file__).resolve().parent
 
 PUBLIC_API = [
     "AiosvcError",
+    "CastsFailed",
     "ConfigError",
     "Context",
     "HostCapabilities",
@@ -58,6 +59,7 @@ PUBLIC_API = [
     "connect",
     "launch",
     "load_object",
+    "loop_factory",
     "periodic_task",
 ]
 
@@ -71,8 +73,12 @@ LAYERS: dict[str, list[str]] = {
         "aiosvc.exceptions",
         "aiosvc.loading",
         "aiosvc.log",
+        "aiosvc.metrics",
+        "aiosvc.loopwatch",
+        "aiosvc.loops",
         "aiosvc.settings",
         "aiosvc.tasks",
+        "aiosvc.tracing",
     ],
     "logic": [
         "aiosvc.manager",
@@ -105,6 +111,9 @@ EDGE_SHARED = {
 ONLY_IN = {"aio_pika": "aiosvc.transport.amqp", "aiormq": "aiosvc.transport.amqp"}
 ONLY_IN["asyncpg"] = "aiosvc.store.postgres"
 ONLY_IN["uvicorn"] = "aiosvc.api"  # an optional extra: aiosvc[api]
+ONLY_IN["prometheus_client"] = "aiosvc.metrics"  # an optional extra: aiosvc[metrics]
+ONLY_IN["uvloop"] = "aiosvc.loops"  # an optional extra: aiosvc[uvloop]
+ONLY_IN["opentelemetry"] = "aiosvc.tracing"  # an optional extra: aiosvc[tracing]
 
 
 def test_all_is_sorted() -> None:

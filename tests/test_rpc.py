@@ -16,6 +16,7 @@ import aiosvc
 from aiosvc import Context, Manager, RPCClient, Service, periodic_task
 from aiosvc.settings import Settings
 from aiosvc.testing import isolated_settings, wait_until
+from aiosvc.transport.memory import MemoryTransport
 
 
 class AppError(Exception):
@@ -180,6 +181,100 @@ async def test_fanout_cast_reaches_every_service(start: Start, client: RPCClient
         await worker(a).cast_seen.wait()
         await worker(b).cast_seen.wait()
     assert worker(a).casts == worker(b).casts == ["all"]
+
+
+async def test_batch_casts_are_each_handled_once(start: Start, client: RPCClient) -> None:
+    service = await start()
+    async with client.batch(max_in_flight=64) as batch:
+        ids = [await batch.cast(None, "record", item=i) for i in range(300)]
+    assert (batch.sent, batch.confirmed, batch.failures) == (300, 300, [])
+    assert len(set(ids)) == 300
+    await wait_until(lambda: len(worker(service).casts) >= 300)
+    assert sorted(worker(service).casts) == list(range(300))
+
+
+async def test_batch_fanout_reaches_every_service(start: Start, client: RPCClient) -> None:
+    a, b = await start("host-a"), await start("host-b")
+    async with client.prepare(fanout=True).batch() as batch:
+        for i in range(20):
+            await batch.cast(None, "record", item=i)
+    await wait_until(lambda: len(worker(a).casts) >= 20 and len(worker(b).casts) >= 20)
+    assert sorted(worker(a).casts) == sorted(worker(b).casts) == list(range(20))
+
+
+async def test_batch_names_each_cast_the_broker_did_not_take(
+    start: Start, client: RPCClient
+) -> None:
+    await start("host-a")
+
+    async def send() -> None:
+        async with client.prepare(server="nohost").batch() as batch:
+            for i in range(3):
+                await batch.cast(None, "record", item=i)
+
+    with pytest.raises(aiosvc.CastsFailed) as failed:
+        await send()
+    assert [f.position for f in failed.value.failures] == [0, 1, 2]
+    assert all(isinstance(f.error, aiosvc.MessageUndeliverable) for f in failed.value.failures)
+    assert str(failed.value).startswith("3 of 3 cast(s) not confirmed: #0 record (message ")
+    assert "no queue is bound" in str(failed.value)
+
+
+async def test_batch_refuses_an_argument_without_json_form_and_keeps_the_rest(
+    start: Start, client: RPCClient
+) -> None:
+    service = await start()
+    async with client.batch() as batch:
+        await batch.cast(None, "record", item="before")
+        with pytest.raises(TypeError):
+            await batch.cast(None, "record", item=object())
+        await batch.cast(None, "record", item="after")
+    assert (batch.sent, batch.confirmed) == (2, 2)
+    await wait_until(lambda: len(worker(service).casts) >= 2)
+    assert sorted(worker(service).casts) == ["after", "before"]
+
+
+async def test_batch_sends_only_inside_its_block(client: RPCClient) -> None:
+    batch = client.batch()
+    with pytest.raises(RuntimeError, match="inside its block"):
+        await batch.cast(None, "record", item=1)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        client.batch(max_in_flight=0)
+
+
+class GatedTransport(MemoryTransport):
+    """The in-process transport, whose broker confirms casts only when the gate opens."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.gate = anyio.Event()
+
+    async def cast(self, topic: str, body: bytes, **kwargs: Any) -> None:
+        await self.gate.wait()
+        await super().cast(topic, body, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["memory"])  # the gate holds the in-process broker's confirms
+async def test_batch_waits_for_a_slot_when_max_in_flight_casts_are_unconfirmed(
+    start: Start, settings: Settings, topic: str
+) -> None:
+    service = await start()
+    async with GatedTransport(settings) as transport:
+        batch = RPCClient(transport, topic).batch(max_in_flight=4)
+
+        async def send() -> None:
+            async with batch:
+                for i in range(10):
+                    await batch.cast(None, "record", item=i)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            await wait_until(lambda: batch.sent == 4)
+            await anyio.sleep(0.1)  # an observation window: a fifth would be sent in it
+            assert (batch.sent, batch.in_flight) == (4, 4)
+            transport.gate.set()
+    assert (batch.sent, batch.confirmed) == (10, 10)
+    await wait_until(lambda: len(worker(service).casts) >= 10)
 
 
 async def test_call_with_fanout_is_refused(client: RPCClient) -> None:

@@ -414,10 +414,10 @@ class FlakyStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def report(self, service_id: int) -> Any:
+    async def report(self, service_id: int, **kwargs: Any) -> Any:
         if self.down:
             raise aiosvc.StoreError("connection refused")
-        return await self.inner.report(service_id)
+        return await self.inner.report(service_id, **kwargs)
 
 
 async def test_store_outage_logged_once_and_recovery_once(

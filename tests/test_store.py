@@ -218,6 +218,49 @@ async def test_report_returns_admin_state(store: ServiceStore) -> None:
     assert (reported.disabled, reported.disabled_reason) == (True, "drain")
 
 
+# --- health (whether the service can work, beside being alive) -------------------------------
+
+
+async def test_report_with_health_stores_it_with_working(store: ServiceStore) -> None:
+    record = await store.register("host1", BINARY, TOPIC, 1)
+    assert (record.working, record.health, record.problems) == (None, None, {})
+    assert (await store.report(record.id)).working is None  # a report without health
+
+    healthy = {"consumers": "ok", "broker": "ok", "periodic": "ok", "driver": "ok"}
+    fine = await store.report(record.id, health=healthy)
+    assert (fine.working, fine.health, fine.problems, fine.report_count) == (True, healthy, {}, 2)
+
+    sick = healthy | {"driver": "disk full", "broker": "not connected", "extra": "odd"}
+    ill = await store.report(record.id, health=sick)
+    assert (ill.working, ill.health, ill.report_count, ill.is_up) == (False, sick, 3, True)
+    # Failed checks in the order operators read them (known checks first, others after).
+    assert list(ill.problems.items()) == [
+        ("broker", "not connected"),
+        ("driver", "disk full"),
+        ("extra", "odd"),
+    ]
+    for read in (await store.get("host1", BINARY), *(await store.list())):
+        assert (read.working, read.health) == (False, sick)
+    assert ill.to_dict()["working"] is False
+    assert ill.to_dict()["health"] == sick
+    assert fine.health == healthy  # a record read earlier never changes with the row
+
+    # A report without health (a liveness-only caller) leaves the last one as it was.
+    kept = await store.report(record.id)
+    assert (kept.working, kept.health, kept.report_count) == (False, sick, 4)
+
+
+async def test_register_forgets_the_health_of_the_previous_run(store: ServiceStore) -> None:
+    record = await store.register("host1", BINARY, TOPIC, 1)
+    await store.report(record.id, health={"broker": "not connected"})
+    await store.mark_stopped(record.id)
+
+    again = await store.register("host1", BINARY, TOPIC, 1)  # the service starts again
+
+    assert (again.working, again.health) == (None, None)  # not known until it reports
+    assert (await store.get("host1", BINARY)).working is None
+
+
 async def test_up_and_down_around_service_down_time(backend: Backend, store: ServiceStore) -> None:
     record = await store.report((await store.register("host1", BINARY, TOPIC, 1)).id)
 
@@ -531,8 +574,8 @@ async def test_migrations_from_empty_and_reapplied(
     ]
     # Logs name the database, never with its password.
     password = urlsplit(fresh_database_url).password
-    assert "applied schema migration 0001" in caplog.text
-    assert "applied schema migration 0002" in caplog.text
+    for migration in postgres.migrations():
+        assert f"applied schema migration {migration.version:04d}" in caplog.text
     assert ":***@" in caplog.text
     assert f":{password}@" not in caplog.text
 
@@ -582,10 +625,9 @@ async def test_migration_from_version_1_keeps_the_rows(
     stores = await asyncio.gather(*(make_store(url) for _ in range(5)))
     applied = await _sql(url, "SELECT version, name FROM aiosvc_schema ORDER BY version")
     assert [(r["version"], r["name"]) for r in applied] == [
-        (1, "services"),
-        (2, "services_stopped_at"),
+        (m.version, m.name) for m in postgres.migrations()
     ]
-    assert await postgres.current_version(url) == postgres.latest_version() == 2
+    assert await postgres.current_version(url) == postgres.latest_version()
     assert await postgres.upgrade(url) == []
 
     # Every row is kept as it was, none stopped (their services ran or crashed).
@@ -614,6 +656,53 @@ async def test_migration_from_version_1_keeps_the_rows(
     finally:
         await con.close()
     assert [r.id for r in await store.list()] == sorted(ids[h] for h in ("up", "dead", "fenced"))
+
+
+@pytest.mark.postgres
+async def test_migration_to_health_keeps_rows_and_older_reports_read_as_unknown(
+    fresh_database_url: str, make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0003 (working, health) on a database of schema version 2, still written by services
+    of that version (their heartbeat statement knows nothing of health)."""
+    import asyncpg
+
+    from aiosvc.store import postgres
+
+    url = fresh_database_url
+    shipped = postgres.migrations()
+    monkeypatch.setattr(postgres, "migrations", lambda: shipped[:2])
+    assert await postgres.upgrade(url) == [1, 2]
+    monkeypatch.undo()
+    old_report = """UPDATE services SET report_count = report_count + 1, last_seen_up = now(),
+                    updated_at = now() WHERE id = $1"""
+    (old,) = await _sql(
+        url,
+        """INSERT INTO services (uuid, host, "binary", topic, report_count, last_seen_up)
+           VALUES (gen_random_uuid(), 'old', $1, $2, 3, now()) RETURNING id""",
+        BINARY,
+        TOPIC,
+    )
+
+    store = await make_store(url)  # a service of this version migrates
+    assert await postgres.current_version(url) == postgres.latest_version() >= 3
+    new = await store.register("new", BINARY, TOPIC, 1)
+    await store.report(new.id, health={"broker": "ok", "driver": "disk full"})
+    await _sql(url, old_report, old["id"])  # the older service reports on, as it always did
+
+    listed = {r.host: r for r in await store.list()}
+    assert (listed["old"].report_count, listed["old"].is_up) == (4, True)
+    assert (listed["old"].working, listed["old"].health) == (None, None)  # unknown
+    assert (listed["new"].working, listed["new"].problems) == (False, {"driver": "disk full"})
+    # Operators can query it in SQL: health is jsonb, working a boolean.
+    rows = await _sql(url, "SELECT host, health->>'driver' AS d FROM services WHERE NOT working")
+    assert [(r["host"], r["d"]) for r in rows] == [("new", "disk full")]
+    # The migration is idempotent: applying it again changes nothing.
+    con = await asyncpg.connect(url)
+    try:
+        await con.execute(shipped[2].sql)
+    finally:
+        await con.close()
+    assert (await store.get("new", BINARY)).health == {"broker": "ok", "driver": "disk full"}
 
 
 @pytest.mark.postgres

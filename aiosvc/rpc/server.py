@@ -27,13 +27,16 @@ import asyncio
 import collections
 import logging
 import math
+from time import perf_counter
 
 import anyio
 from anyio.abc import TaskStatus
 
+from .. import tracing
 from ..context import use_context
 from ..exceptions import InvalidArguments, MalformedMessage, NoSuchMethod, UnsupportedVersion
 from ..log import current_service
+from ..metrics import ServiceMetrics
 from ..settings import Settings
 from ..transport.base import Consumer, IncomingMessage, Transport
 from . import oslo
@@ -66,7 +69,10 @@ class RPCServer:
         self.settings = settings
         self.consumer: Consumer | None = None
         self.handled = 0
+        self.metrics: ServiceMetrics | None = None  # set by the service when metrics are on
         self._label = f"{topic}@{host}"
+        # Handler tasks are named "rpc <topic>.<method>" for the blocked-loop alarm.
+        self._task_prefix = f"rpc {topic}." if settings.loop_block_warning > 0 else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -81,11 +87,17 @@ class RPCServer:
         self._decode = oslo.decode_request if self._oslo else decode_request
         self._recent: collections.deque[str] = collections.deque(maxlen=_DUPLICATES_KEPT)
         self._acked_running = 0  # oslo's wire: handlers whose message was acknowledged
+        self._traced = settings.tracing and tracing.available()
 
     @property
     def in_flight(self) -> int:
         """Messages being handled now (delivered, not yet acknowledged)."""
         return len(self._tasks)
+
+    @property
+    def serving(self) -> bool:
+        """Whether messages reach it now (running, its consumer attached to its queues)."""
+        return self._accepting and self.consumer is not None and self.consumer.attached
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until :meth:`stop`; ``task_status.started()`` once queues are bound.
@@ -147,10 +159,14 @@ class RPCServer:
                     exc,
                 )
                 await message.reject()
+                if self.metrics is not None:
+                    self.metrics.dead_lettered()
                 return
             # oslo's requests carry their ids in the body, not as AMQP properties.
             message_id = request.msg_id or request.unique_id or message.message_id
-            with use_context(request.context):
+            if self._task_prefix is not None and (task := asyncio.current_task()) is not None:
+                task.set_name(self._task_prefix + request.method)  # under 0.5 µs
+            with use_context(request.context), self._span(request, message, message_id) as span:
                 async with self._limiter:
                     # oslo's wire acknowledges as the handler starts, not on delivery: what
                     # waits for a slot stays unacknowledged, so the prefetch still bounds it.
@@ -159,19 +175,29 @@ class RPCServer:
                     heartbeats = self._heartbeats(message, request)
                     if self._oslo:
                         self._acked_running += 1
+                    metrics = self.metrics
+                    started = perf_counter() if metrics is not None else 0.0
                     try:
                         result = await self.dispatcher.dispatch(request)
                         reply = self._result(request, result)
+                        if metrics is not None:
+                            metrics.handled(request.method, perf_counter() - started, failed=False)
                     except _REFUSALS as exc:
+                        if metrics is not None:
+                            metrics.refused(request.method)
                         log.warning(
                             "Refused %s (message %s): %s",
                             brief(request.method),
                             brief(message_id),
                             exc,
                         )
+                        span.fail(exc)
                         reply = self._failure(request, exc)
                     except Exception as exc:
                         log.exception("Error in %s (message %s)", request.method, message_id)
+                        if metrics is not None:
+                            metrics.handled(request.method, perf_counter() - started, failed=True)
+                        span.fail(exc)
                         reply = self._failure(request, exc)
                     finally:
                         if self._oslo:
@@ -190,6 +216,21 @@ class RPCServer:
             # A transport failure while replying or acknowledging: the message stays
             # unacknowledged and the broker redelivers it.
             log.exception("Could not finish message %s", message.message_id)
+
+    def _span(self, request: Request, message: IncomingMessage, message_id: str) -> tracing.Active:
+        """The SERVER (a call) or CONSUMER (a cast) span of handling ``message``, current
+        while its method runs; its parent comes from the message's trace context headers."""
+        return tracing.handling(
+            self._traced,
+            call=request.reply_to is not None or message.reply_expected,
+            wire=self.settings.rpc_wire,
+            transport_url=self.settings.transport_url,
+            topic=self.topic,
+            method=request.method,
+            ctx=request.context,
+            message_id=message_id,
+            headers=message.headers if self._traced else {},
+        )
 
     def _result(self, request: Request, result: object) -> bytes:
         if request.msg_id is not None:

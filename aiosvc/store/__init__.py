@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from ..backends import STORES, backend_class
 from ..settings import Settings
-from .base import ServiceRecord, ServiceStore
+from .base import HEALTH_CHECKS, OK, ServiceRecord, ServiceStore, failed_checks
 
-__all__ = ["ServiceRecord", "ServiceStore", "get_store", "store_class"]
+__all__ = [
+    "HEALTH_CHECKS",
+    "OK",
+    "ServiceRecord",
+    "ServiceStore",
+    "failed_checks",
+    "get_store",
+    "store_class",
+]
 
 
 def store_class(url: str) -> type[ServiceStore]:

@@ -9,6 +9,14 @@ service_down_time`` (a record that never reported counts from ``created_at``, as
 does). ``stopped_at`` is set by a graceful stop (:meth:`ServiceStore.mark_stopped`), so a
 stopped service is down at once, while one that crashed turns down after
 ``service_down_time``; only :meth:`ServiceStore.register` (a restart) clears it.
+
+Alive is not the same as able to work. Each report also carries the service's health:
+one result per check (``aiosvc.store.HEALTH_CHECKS``), ``"ok"`` or what is wrong,
+stored with ``working`` (every check ok) in the same statement. ``working`` is ``None``
+while not known: not reported since the service (re)started, or written by an older
+aiosvc.
+Cinder: ``Manager.is_working`` and the volume driver's ``initialized``; here the service
+stays up, as Nova's ``is_up`` says, and ``working`` tells the rest.
 """
 
 from __future__ import annotations
@@ -16,13 +24,31 @@ from __future__ import annotations
 import abc
 import builtins
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
 from ..settings import Settings
 
-__all__ = ["ServiceRecord", "ServiceStore"]
+__all__ = ["HEALTH_CHECKS", "OK", "ServiceRecord", "ServiceStore", "failed_checks"]
+
+OK = "ok"
+"""A health check's result when it passed; any other text says what is wrong."""
+
+HEALTH_CHECKS = ("consumers", "http", "broker", "periodic", "driver")
+"""The checks a service reports, in the order they are shown: its RPC consumers are
+attached (``consumers``; an API service's HTTP server is up: ``http``), its transport is
+connected to the broker, no periodic task is overdue, and its manager's
+:meth:`~aiosvc.Manager.is_working` says yes."""
+
+
+def failed_checks(health: Mapping[str, str]) -> dict[str, str]:
+    """The checks of ``health`` that did not pass, in the order of
+    ``aiosvc.store.HEALTH_CHECKS`` (others after, by name); empty when all passed."""
+    order = {name: i for i, name in enumerate(HEALTH_CHECKS)}
+    names = sorted(health, key=lambda name: (order.get(name, len(order)), name))
+    return {name: health[name] for name in names if health[name] != OK}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +73,22 @@ class ServiceRecord:
     # Last, with a default, so records built by name or position without it still work.
     stopped_at: datetime | None = None
     """When the service stopped gracefully; ``None`` while it runs, or after a crash."""
+    working: bool | None = None
+    """Whether every health check passed at the last report; ``None``: not known (not
+    reported since the service started, or reported by an older aiosvc)."""
+    health: Mapping[str, str] | None = field(default=None, hash=False)
+    """Each health check's result at the last report (``"ok"`` or what is wrong)."""
 
     @property
     def stopped(self) -> bool:
         """Whether the service stopped gracefully (it is then down, whatever its reports)."""
         return self.stopped_at is not None
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """The health checks that failed at the last report, by name, in the order of
+        ``aiosvc.store.HEALTH_CHECKS``."""
+        return failed_checks(self.health or {})
 
     @property
     def status(self) -> str:
@@ -78,6 +115,8 @@ class ServiceRecord:
             "forced_down": self.forced_down,
             "stopped": self.stopped,
             "stopped_at": _iso(self.stopped_at),
+            "working": self.working,
+            "health": dict(self.health) if self.health is not None else None,
             "last_seen_up": _iso(self.last_seen_up),
             "version": self.version,
             "created_at": _iso(self.created_at),
@@ -129,18 +168,23 @@ class ServiceStore(abc.ABC):
         """Create the live record for ``host`` + ``binary``, or revive the existing one.
 
         An existing live record keeps its id, uuid, report_count and admin state
-        (disabled, forced_down); its ``topic`` and ``version`` are updated and its
-        ``stopped_at`` is cleared (the service runs again). Safe when
+        (disabled, forced_down); its ``topic`` and ``version`` are updated, and its
+        ``stopped_at``, ``working`` and ``health`` are cleared (the service runs again,
+        its health not known until it reports). Safe when
         several services register the same pair at once: one row results.
         """
 
     @abc.abstractmethod
-    async def report(self, service_id: int) -> ServiceRecord:
+    async def report(
+        self, service_id: int, *, health: Mapping[str, str] | None = None
+    ) -> ServiceRecord:
         """One heartbeat, in one statement: ``report_count += 1, last_seen_up = now()``.
 
-        Returns the updated record (so the caller sees ``disabled``). Leaves ``stopped_at``
-        alone: a heartbeat that races with a graceful stop cannot make the service look up
-        again; only :meth:`register` does.
+        With ``health`` (each check's result, ``"ok"`` or what is wrong), the same
+        statement stores it and ``working`` (every check ok); without, both stay as they
+        were. Returns the updated record (so the caller sees ``disabled``). Leaves
+        ``stopped_at`` alone: a heartbeat that races with a graceful stop cannot make the
+        service look up again; only :meth:`register` does.
 
         Raises:
             ServiceNotFound: the record was deleted.

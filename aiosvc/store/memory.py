@@ -13,13 +13,13 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from ..exceptions import ServiceNotFound, StoreError
 from ..settings import Settings
-from .base import ServiceRecord, ServiceStore
+from .base import ServiceRecord, ServiceStore, failed_checks
 
 __all__ = ["MemoryStore", "reset_stores"]
 
@@ -45,6 +45,8 @@ class _Row:
     updated_at: datetime | None
     deleted_at: datetime | None
     stopped_at: datetime | None = None
+    working: bool | None = None
+    health: dict[str, str] | None = None
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(_Row))
@@ -120,7 +122,10 @@ class MemoryStore(ServiceStore):
             and row.stopped_at is None
             and last >= now - timedelta(seconds=self.service_down_time)
         )
-        return ServiceRecord(**{name: getattr(row, name) for name in _ROW_FIELDS}, is_up=is_up)
+        fields = {name: getattr(row, name) for name in _ROW_FIELDS}
+        # A copy, as a database hands out: a record never changes with the row.
+        fields["health"] = dict(row.health) if row.health is not None else None
+        return ServiceRecord(**fields, is_up=is_up)
 
     def _live(self, table: _Table, host: str, binary: str) -> _Row:
         try:
@@ -163,11 +168,15 @@ class MemoryStore(ServiceStore):
             row.topic = topic
             row.version = version
             row.stopped_at = None  # running again
+            row.working = row.health = None  # not known until it reports
             row.updated_at = now
         return self._record(row, now)
 
-    async def report(self, service_id: int) -> ServiceRecord:
-        """One heartbeat: ``report_count += 1, last_seen_up = now()``.
+    async def report(
+        self, service_id: int, *, health: Mapping[str, str] | None = None
+    ) -> ServiceRecord:
+        """One heartbeat: ``report_count += 1, last_seen_up = now()``, with ``health``
+        (and ``working``) when given.
 
         Nova: ``nova.servicegroup.drivers.db.DbDriver._report_state``.
 
@@ -179,6 +188,9 @@ class MemoryStore(ServiceStore):
         row.report_count += 1
         row.last_seen_up = now
         row.updated_at = now
+        if health is not None:
+            row.health = {str(name): str(result) for name, result in health.items()}
+            row.working = not failed_checks(row.health)
         return self._record(row, now)
 
     async def mark_stopped(self, service_id: int) -> ServiceRecord:

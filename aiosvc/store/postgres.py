@@ -28,10 +28,12 @@ import builtins
 import dataclasses
 import functools
 import importlib.resources
+import json
 import logging
 import os
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -40,7 +42,7 @@ import asyncpg
 from ..exceptions import ConfigError, ServiceNotFound, StoreError
 from ..log import one_line
 from ..settings import Settings, redact_url
-from .base import ServiceRecord, ServiceStore
+from .base import ServiceRecord, ServiceStore, failed_checks
 
 __all__ = [
     "Migration",
@@ -74,13 +76,14 @@ _IS_UP = (
 _FIELDS = [f.name for f in dataclasses.fields(ServiceRecord)]
 _RETURNING = ", ".join(_IS_UP if name == "is_up" else f'"{name}"' for name in _FIELDS)
 _UUID_AT = _FIELDS.index("uuid")
+_HEALTH_AT = _FIELDS.index("health")
 
 _REGISTER = f"""
     INSERT INTO services (uuid, host, "binary", topic, version)
     VALUES ($2, $3, $4, $5, $6)
     ON CONFLICT (host, "binary") WHERE deleted_at IS NULL
     DO UPDATE SET topic = EXCLUDED.topic, version = EXCLUDED.version, stopped_at = NULL,
-                  updated_at = now()
+                  working = NULL, health = NULL, updated_at = now()
     RETURNING {_RETURNING}
 """
 
@@ -88,6 +91,15 @@ _REGISTER = f"""
 _REPORT = f"""
     UPDATE services
     SET report_count = report_count + 1, last_seen_up = now(), updated_at = now()
+    WHERE id = $2 AND deleted_at IS NULL
+    RETURNING {_RETURNING}
+"""
+
+# The same heartbeat, with the health in the same statement (no extra round trip).
+_REPORT_HEALTH = f"""
+    UPDATE services
+    SET report_count = report_count + 1, last_seen_up = now(), updated_at = now(),
+        working = $3, health = $4::jsonb
     WHERE id = $2 AND deleted_at IS NULL
     RETURNING {_RETURNING}
 """
@@ -427,8 +439,11 @@ class PostgresStore(ServiceStore):
         (record,) = await self._records(_REGISTER, uuid.uuid4(), host, binary, topic, version)
         return record
 
-    async def report(self, service_id: int) -> ServiceRecord:
-        """One heartbeat in one statement: ``report_count += 1, last_seen_up = now()``.
+    async def report(
+        self, service_id: int, *, health: Mapping[str, str] | None = None
+    ) -> ServiceRecord:
+        """One heartbeat in one statement: ``report_count += 1, last_seen_up = now()``,
+        and ``health`` (with ``working``) when given.
 
         Nova: ``nova.servicegroup.drivers.db.DbDriver._report_state``.
 
@@ -436,7 +451,13 @@ class PostgresStore(ServiceStore):
             ServiceNotFound: the record was deleted.
             StoreError: the database cannot be reached.
         """
-        records = await self._records(_REPORT, service_id)
+        if health is None:
+            records = await self._records(_REPORT, service_id)
+        else:
+            results = {str(name): str(result) for name, result in health.items()}
+            records = await self._records(
+                _REPORT_HEALTH, service_id, not failed_checks(results), json.dumps(results)
+            )
         if not records:
             raise ServiceNotFound(f"service record {service_id} is gone")
         return records[0]
@@ -539,4 +560,7 @@ def _record(row: asyncpg.Record) -> ServiceRecord:
     values = list(row.values())
     # asyncpg decodes to its own UUID subclass; records of every store carry uuid.UUID.
     values[_UUID_AT] = uuid.UUID(bytes=values[_UUID_AT].bytes)
+    # asyncpg hands jsonb over as its text.
+    if values[_HEALTH_AT] is not None:
+        values[_HEALTH_AT] = json.loads(values[_HEALTH_AT])
     return ServiceRecord(*values)

@@ -20,7 +20,7 @@ Nova: ``oslo_messaging._drivers.impl_rabbit`` and ``amqpdriver``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar, Protocol
 
 from ..settings import Settings
@@ -44,6 +44,12 @@ class IncomingMessage(Protocol):
     @property
     def redelivered(self) -> bool:
         """True when the broker delivered this message before (it was not acknowledged)."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's string headers (W3C trace context, :mod:`aiosvc.tracing`); empty
+        when it has none."""
         ...
 
     @property
@@ -92,6 +98,16 @@ class Consumer(abc.ABC):
     async def resume_shared(self) -> None:
         """Take messages from the shared ``topic`` queue again. Idempotent."""
 
+    @property
+    def attached(self) -> bool:
+        """Whether messages can be delivered now.
+
+        That is, every queue is consumed (the shared one left out while paused) and the
+        consumer is not cancelled. Cheap, for a service's health report; a consumer that
+        cannot tell says True.
+        """
+        return True
+
     @abc.abstractmethod
     async def cancel(self) -> None:
         """Stop receiving new messages on every queue; messages already delivered stay
@@ -120,6 +136,16 @@ class Transport(abc.ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker can be reached now (connected, and able to publish).
+
+        Cheap (no round trip), for a service's health report; it goes false while a
+        connection is lost and true again once it is back. A transport that cannot tell
+        says True.
+        """
+        return True
 
     @abc.abstractmethod
     async def connect(self) -> None:
@@ -151,11 +177,13 @@ class Transport(abc.ABC):
         message_id: str,
         server: str | None = None,
         fanout: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Publish ``body`` to ``topic`` (or ``topic.server``, or the fanout exchange).
 
         Returns once the broker has confirmed the message (persistent delivery).
-        A fanout cast with nobody listening is not an error.
+        A fanout cast with nobody listening is not an error. ``headers`` travel with the
+        message (AMQP message headers), for :attr:`IncomingMessage.headers`.
 
         Raises:
             MessageUndeliverable: no queue is bound for ``topic``/``topic.server``.
@@ -172,12 +200,14 @@ class Transport(abc.ABC):
         timeout: float,
         server: str | None = None,
         call_monitor_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """Publish ``body`` as a request and return the reply's body.
 
         The request expires in the broker after ``timeout`` seconds. Many calls may be
         in flight at once on one transport. ``call_monitor_timeout``: on a wire with
-        heartbeats (oslo.messaging's), fail when none came for that long.
+        heartbeats (oslo.messaging's), fail when none came for that long. ``headers``
+        travel with the request, as for :meth:`cast`.
 
         Raises:
             MessagingTimeout: no reply within ``timeout`` (also while the broker is down).

@@ -22,7 +22,9 @@ and ``memory://other`` another, so a service and a client in one process with th
 same URL talk to each other. :func:`reset_brokers` forgets them all (tests).
 
 Deliveries are scheduled on the event loop (``call_soon``), never made from inside
-the publisher's call, so a callback never runs re-entrantly inside ``cast``.
+the publisher's call, so a callback never runs re-entrantly inside ``cast``; and in a
+``contextvars`` context of their own, as a broker's deliveries are: what the publisher had
+current (its request context, its trace span) reaches the consumer only in the message.
 
 Nova: ``oslo_messaging._drivers.impl_fake.FakeDriver``, with RabbitMQ's semantics.
 """
@@ -30,11 +32,13 @@ Nova: ``oslo_messaging._drivers.impl_fake.FakeDriver``, with RabbitMQ's semantic
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from ..exceptions import MessageUndeliverable, MessagingTimeout, TransportError
@@ -47,6 +51,7 @@ __all__ = ["Broker", "DeadLetter", "MemoryTransport", "get_broker", "reset_broke
 log = logging.getLogger(__name__)
 
 _brokers: dict[str, Broker] = {}
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def get_broker(name: str = "") -> Broker:
@@ -83,6 +88,7 @@ class _Message:
     reply_to: ReplyFn | None = None
     expires_at: float | None = None
     redelivered: bool = False
+    headers: Mapping[str, str] | None = None
 
 
 class _Queue:
@@ -105,7 +111,7 @@ class _Queue:
         """Schedule a delivery round; cheap to call often."""
         if not self._scheduled and self.messages:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._deliver)
+            asyncio.get_running_loop().call_soon(self._deliver, context=contextvars.Context())
 
     def _ready(self) -> _Subscription | None:
         # Round-robin: start after the consumer served last, as RabbitMQ does.
@@ -197,7 +203,13 @@ class Broker:
             if queue is not None:
                 # Each queue gets its own copy, as each AMQP queue does.
                 queue.put(
-                    _Message(message.body, message.message_id, message.reply_to, message.expires_at)
+                    _Message(
+                        message.body,
+                        message.message_id,
+                        message.reply_to,
+                        message.expires_at,
+                        headers=message.headers,
+                    )
                 )
                 routed += 1
         return routed
@@ -291,6 +303,11 @@ class MemoryIncomingMessage:
         return self._message.redelivered
 
     @property
+    def headers(self) -> Mapping[str, str]:
+        """The headers the message was sent with (empty when none)."""
+        return self._message.headers or _NO_HEADERS
+
+    @property
     def reply_expected(self) -> bool:
         """True for a call."""
         return self._message.reply_to is not None
@@ -340,6 +357,11 @@ class MemoryConsumer(Consumer):
     def start(self) -> None:
         for sub in self._subs:
             sub.start()
+
+    @property
+    def attached(self) -> bool:
+        """True until cancelled (an in-process queue never drops its consumer)."""
+        return not self._cancelled
 
     async def pause_shared(self) -> None:
         """Stop taking messages from the shared ``topic`` queue. Idempotent."""
@@ -393,6 +415,11 @@ class MemoryTransport(Transport):
             raise TransportError("memory transport is not connected")
         return self._broker
 
+    @property
+    def connected(self) -> bool:
+        """True from :meth:`connect` until :meth:`close` (the broker is in this process)."""
+        return self._broker is not None
+
     async def connect(self) -> None:
         """Attach to the broker named by the URL's netloc (created on first use)."""
         self._broker = get_broker(urlsplit(self.settings.transport_url).netloc)
@@ -444,15 +471,17 @@ class MemoryTransport(Transport):
         message_id: str,
         server: str | None = None,
         fanout: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Put ``body`` in the queue(s) for the target.
+        """Put ``body`` (and ``headers``) in the queue(s) for the target.
 
         Raises:
             MessageUndeliverable: no queue is bound for ``topic``/``topic.server``.
             TransportError: not connected.
         """
         exchange, _, key = topology.route(self.settings.control_exchange, topic, server, fanout)
-        routed = self.broker.publish(exchange, key, _Message(bytes(body), message_id))
+        message = _Message(bytes(body), message_id, headers=dict(headers) if headers else None)
+        routed = self.broker.publish(exchange, key, message)
         if not routed and not fanout:
             raise MessageUndeliverable(f"no queue is bound for {key!r} on {exchange!r}")
 
@@ -465,6 +494,7 @@ class MemoryTransport(Transport):
         timeout: float,
         server: str | None = None,
         call_monitor_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """Publish a request that expires after ``timeout`` and wait for its reply.
 
@@ -481,7 +511,13 @@ class MemoryTransport(Transport):
         future: asyncio.Future[bytes] = loop.create_future()
         self._pending[message_id] = future
         try:
-            message = _Message(bytes(body), message_id, self._on_reply, loop.time() + timeout)
+            message = _Message(
+                bytes(body),
+                message_id,
+                self._on_reply,
+                loop.time() + timeout,
+                headers=dict(headers) if headers else None,
+            )
             if not broker.publish(exchange, key, message):
                 raise MessageUndeliverable(f"no queue is bound for {key!r} on {exchange!r}")
             try:

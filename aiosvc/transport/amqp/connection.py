@@ -28,6 +28,7 @@ from yarl import URL
 
 from ...exceptions import TransportError
 from ...log import one_line
+from ...metrics import transport_reconnected
 
 __all__ = [
     "REMIND_EVERY",
@@ -155,6 +156,7 @@ class BrokerWatch:
         self.down_since = None
         self.close()
         log.info("reconnected to the AMQP broker %s after %.1f s", shown(url), took)
+        transport_reconnected()
 
     async def _remind(self) -> None:
         while self.down_since is not None:

@@ -98,6 +98,18 @@ class AMQPConsumer(Consumer):
         """Declare the queues and consume; returns once all three consumers are attached."""
         await self._keeper.start()
 
+    @property
+    def attached(self) -> bool:
+        """Whether the channel is open and every active subscription consumes on it (a
+        lost connection, or a consumer the broker cancelled, makes it false until the
+        keeper has consumed again)."""
+        channel = self._keeper.usable()
+        return (
+            not self._cancelled
+            and channel is not None
+            and all(sub.consuming_on is channel for sub in self._subs if sub.active)
+        )
+
     async def _setup(self, channel: Channel) -> None:
         # Run for the first channel and again on every reopened one: the queues may
         # be gone (auto-delete fanout queue, non-durable queues after a restart).

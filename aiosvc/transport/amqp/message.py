@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -61,6 +61,15 @@ class AMQPIncomingMessage:
         """The broker's ``redelivered`` flag."""
         delivery = self._message.delivery
         return bool(isinstance(delivery, aiormq.spec.Basic.Deliver) and delivery.redelivered)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's AMQP headers whose values are strings (others, such as RabbitMQ's
+        ``x-death`` list, are left out); empty when it has none."""
+        headers = self._message.header.properties.headers
+        if not headers:
+            return {}
+        return {name: value for name, value in headers.items() if isinstance(value, str)}
 
     @property
     def reply_expected(self) -> bool:

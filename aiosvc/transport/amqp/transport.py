@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Mapping
 
 import aiormq
 from aiormq.abc import DeliveredMessage
@@ -164,6 +165,21 @@ class AMQPTransport(Transport):
         self._publisher, self._caller, self._replier = publisher, caller, replier
         log.info("connected to AMQP broker %s", shown(connection.url))
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connections are open now and the publishing channel usable.
+
+        False from the moment a connection is lost until it is back (aio-pika reconnects
+        it), and before :meth:`connect` or after :meth:`close`.
+        """
+        if self._publisher is None or self._publisher.usable() is None:
+            return False
+        return all(
+            connection.connected.is_set() and not connection.is_closed
+            for connection in (self._connection, self._consumer_connection)
+            if connection is not None
+        )
+
     async def close(self) -> None:
         """Close every consumer, fail waiting calls, close the connections. Idempotent."""
         for consumer in list(self._consumers):
@@ -249,8 +265,10 @@ class AMQPTransport(Transport):
         message_id: str,
         server: str | None = None,
         fanout: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Publish persistently and wait for the broker's confirm.
+        """Publish persistently (``headers`` as AMQP message headers) and wait for the
+        broker's confirm.
 
         While the broker is unreachable the cast waits for it, up to
         ``rpc_response_timeout``.
@@ -279,8 +297,13 @@ class AMQPTransport(Transport):
                     message_id=message_id,
                     content_type=self._content_type,
                     content_encoding=self._content_encoding,
+                    headers=dict(headers) if headers else None,
                 ),
                 mandatory=not fanout,
+                # Queue the frames and wait for the confirm only: waiting for the socket to
+                # drain would hold the channel's lock and serialise concurrent casts.
+                # (aiormq's Channel takes `wait` since 6.8; its abstract class omits it.)
+                wait=False,  # type: ignore[call-arg]
             )
         except TimeoutError:
             raise TransportError(
@@ -307,9 +330,11 @@ class AMQPTransport(Transport):
         timeout: float,
         server: str | None = None,
         call_monitor_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
-        """Publish a request with direct reply-to (or, on oslo's wire, to be answered on
-        this transport's reply queue) and wait for the reply.
+        """Publish a request (``headers`` as AMQP message headers) with direct reply-to
+        (or, on oslo's wire, to be answered on this transport's reply queue) and wait for
+        the reply.
 
         The request is ``mandatory`` and expires in the broker after ``timeout``;
         one deadline covers waiting for the broker, publishing and the reply. On oslo's
@@ -339,6 +364,7 @@ class AMQPTransport(Transport):
                         correlation_id=message_id,
                         reply_to=REPLY_TO,
                         expiration=expiration,
+                        headers=dict(headers) if headers else None,
                     )
                 else:
                     replies.expect(message_id, call_monitor_timeout)
@@ -347,6 +373,7 @@ class AMQPTransport(Transport):
                         expiration=expiration,
                         content_type=self._content_type,
                         content_encoding=self._content_encoding,
+                        headers=dict(headers) if headers else None,
                     )
                 result: object = await channel.basic_publish(
                     body,
