@@ -119,7 +119,8 @@ class AMQPIncomingMessage:
             return
         try:
             if requeue is None:
-                await channel.basic_ack(tag)
+                # An ack has no answer: queue its frame, do not wait for the socket.
+                await channel.basic_ack(tag, wait=False)
             else:
                 await channel.basic_reject(tag, requeue=requeue)
         except AMQP_ERRORS as exc:

@@ -381,6 +381,7 @@ class AMQPTransport(Transport):
                     routing_key=route.routing_key,
                     properties=properties,
                     mandatory=True,
+                    wait=False,  # type: ignore[call-arg]  # as in cast: the confirm is awaited
                 )
                 if isinstance(result, DeliveredMessage):
                     raise MessageUndeliverable(
@@ -419,6 +420,9 @@ class AMQPTransport(Transport):
             log.warning("dropping reply to %s: not connected to the AMQP broker", correlation_id)
             return
         try:
+            # No confirms on this channel, so nothing to wait for once the frames are
+            # queued: a connection lost before they are written loses the reply, as one
+            # lost just after would (the caller's timeout says so either way).
             await channel.basic_publish(
                 body,
                 routing_key=reply_to,
@@ -428,6 +432,7 @@ class AMQPTransport(Transport):
                     content_type=self._content_type,
                     content_encoding=self._content_encoding,
                 ),
+                wait=False,  # type: ignore[call-arg]
             )
         except AMQP_ERRORS as exc:
             log.warning("dropping reply to %s: %s", correlation_id, exc)
