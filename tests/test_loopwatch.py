@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -238,3 +239,46 @@ def test_a_service_process_names_its_blocking_handler(fresh_amqp_url: str, event
         service.signal(signal.SIGTERM)
         assert service.wait(30) == 0
     assert len([line for line in service.lines if "WARNING aiosvc.loopwatch" in line]) == 1
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_loop_waiting_for_events_is_told_from_one_held_by_code(use_uvloop: bool) -> None:
+    """What keeps a starved process (a late heartbeat, the loop in its selector) from
+    being reported as a block: the watchdog's reading of the loop thread's stack."""
+    if use_uvloop:
+        uvloop = pytest.importorskip("uvloop")
+    shared: dict[str, Any] = {}  # the loop, and the event that lets main() go on
+    started, holding, release = threading.Event(), threading.Event(), threading.Event()
+
+    async def main() -> None:
+        shared.update(loop=asyncio.get_running_loop(), proceed=asyncio.Event())
+        started.set()
+        await shared["proceed"].wait()  # nothing to do: the loop waits in its selector
+        holding.set()
+        release.wait(10)  # held by code
+
+    def run() -> None:
+        if use_uvloop:
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert thread.ident is not None
+    try:
+        assert started.wait(10)
+
+        def waiting() -> bool:
+            return loopwatch._waiting_for_events(sys._current_frames()[thread.ident or 0])
+
+        deadline = time.monotonic() + 10
+        while not waiting():  # until the loop has gone back to its selector
+            assert time.monotonic() < deadline, "the idle loop never read as waiting"
+            time.sleep(0.01)
+        shared["loop"].call_soon_threadsafe(shared["proceed"].set)
+        assert holding.wait(10)
+        assert not waiting()
+    finally:
+        release.set()
+        thread.join(10)
