@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 import uuid
@@ -244,3 +245,8 @@ def test_service_recovers_from_a_broker_restart(
             timeout=20,
         )
     assert {e["item"] for e in entries if e["event"] == "record"} == set(range(50))
+    # The outage reads as two lines, whatever the number of connections and channels.
+    [lost] = [line for line in service.lines if "lost the AMQP broker" in line]
+    assert re.search(r"lost the AMQP broker .*CONNECTION_FORCED.*; reconnecting$", lost), lost
+    [again] = [line for line in service.lines if "reconnected to the AMQP broker" in line]
+    assert re.search(r"reconnected to the AMQP broker \S+ after \d+\.\d s$", again), again
