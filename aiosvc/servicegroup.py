@@ -135,19 +135,18 @@ class ServiceGroup:
             return None
 
     def _log_health(self, record: ServiceRecord, health: Mapping[str, str]) -> None:
-        """Log a change of which checks fail (WARNING) or the recovery (INFO), once each."""
+        """Log a change of which checks fail, once: a WARNING when a check starts failing,
+        an INFO when some recover (the others still failing) and when all have."""
         problems = failed_checks(health)
         if list(problems) == self._failed:
             return
-        if problems:
-            log.warning(
-                "%s on host %s is not working: %s",
-                record.binary,
-                record.host,
-                "; ".join(f"{name}: {why}" for name, why in problems.items()),
-            )
-        else:
+        reasons = "; ".join(f"{name}: {why}" for name, why in problems.items())
+        if not problems:
             log.info("%s on host %s is working again", record.binary, record.host)
+        elif set(problems) - set(self._failed):
+            log.warning("%s on host %s is not working: %s", record.binary, record.host, reasons)
+        else:
+            log.info("%s on host %s is still not working: %s", record.binary, record.host, reasons)
         self._failed = list(problems)
 
     async def leave(

@@ -23,7 +23,7 @@ from typing import Any, cast
 import anyio
 import pytest
 
-from aiosvc import Context, Manager, Service, periodic_task
+from aiosvc import Context, Manager, Service, ServiceGroup, periodic_task
 from aiosvc.api import APIService
 from aiosvc.settings import Settings
 from aiosvc.store import ServiceRecord, get_store
@@ -359,3 +359,21 @@ async def test_services_list_shows_whether_each_service_works(
     )
     assert (listed["host-c"]["working"], listed["host-c"]["health"]) == (None, None)
     assert listed["host-d"]["working"] is True  # the raw record; the table says "-"
+
+
+async def test_each_change_of_health_is_logged_once_and_only_new_failures_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="aiosvc.servicegroup")
+    settings = isolated_settings()
+    async with get_store(settings) as store:
+        record = await store.register("host-a", "aiosvc-volume", "volume", 1)
+        group = ServiceGroup(store, settings)
+        for failing in ({"broker", "consumers"}, {"broker", "consumers"}, {"consumers"}, set()):
+            group._log_health(record, OK_ALL | dict.fromkeys(failing, "down"))
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", "aiosvc-volume on host host-a is not working: consumers: down; broker: down"),
+        ("INFO", "aiosvc-volume on host host-a is still not working: consumers: down"),
+        ("INFO", "aiosvc-volume on host host-a is working again"),
+    ]
