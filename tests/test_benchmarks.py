@@ -21,7 +21,7 @@ import pytest
 
 from tests.procs import ROOT, clean_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.load]  # a smoke run of each benchmark; not in nox
 
 SCALE = "0.005"  # of the benchmarks' messages: 250 casts a row, 100 concurrent calls
 TIMEOUT = 240.0  # seconds for one benchmark: a server and a client process per row, 2 busy cores
